@@ -1,0 +1,86 @@
+"""The manifest: one pyarrow schema for every row of every source, from crawl to publish.
+
+Stages add or fill columns; no stage deletes a row. A dropped row keeps ``keep = false`` and a
+``drop_reason`` (see ``../shared/DESIGN.md`` section 3). This module is the single definition of the
+columns; the trainer's loader (``dalip.data``) reads the same names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+# Download / crawl outcome of a row. ``pending`` only exists between crawl and download.
+STATUS_PENDING = "pending"
+STATUS_OK = "ok"
+STATUS_REJECTED = "rejected"  # refused at crawl time (bad URL scheme, unknown license, taxon filter, ...)
+STATUS_FAILED_DOWNLOAD = "failed_download"
+STATUS_FAILED_DECODE = "failed_decode"
+STATUS_OPTED_OUT = "opted_out"  # X-Robots-Tag noai / noimageai / ... on the image response
+STATUS_ROBOTS_DISALLOWED = "robots_disallowed"  # the host's robots.txt disallows our User-Agent
+STATUSES = (
+    STATUS_PENDING,
+    STATUS_OK,
+    STATUS_REJECTED,
+    STATUS_FAILED_DOWNLOAD,
+    STATUS_FAILED_DECODE,
+    STATUS_OPTED_OUT,
+    STATUS_ROBOTS_DISALLOWED,
+)
+
+TAXONOMY_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+TAXONOMY_TYPE = pa.struct([pa.field(rank, pa.string()) for rank in TAXONOMY_RANKS])
+
+# Columns a source adapter fills (one row per candidate image, no bytes yet).
+CANDIDATE_FIELDS = [
+    pa.field("sample_id", pa.string(), nullable=False),  # sample_id_for(source, record id or canonical URL)
+    pa.field("source", pa.string(), nullable=False),  # registry name, e.g. "inaturalist"
+    pa.field("source_record_id", pa.string()),  # e.g. iNaturalist photo id, GBIF occurrence id + media index
+    pa.field("domain", pa.string(), nullable=False),  # "plant" or "general"
+    pa.field("url", pa.string()),  # image URL
+    pa.field("page_url", pa.string()),  # page that shows the image
+    pa.field("caption", pa.string()),  # the caption chosen by the recipe's caption style
+    pa.field("caption_kind", pa.string()),  # dalip | bioclip_* | alt | title | sidecar | ...
+    pa.field("caption_variants", pa.map_(pa.string(), pa.string())),  # every caption style we could make
+    pa.field("original_text", pa.string()),  # alt text / title / pool caption as published
+    pa.field("scientific_name", pa.string()),
+    pa.field("common_name", pa.string()),
+    pa.field("taxon_rank", pa.string()),
+    pa.field("taxonomy", TAXONOMY_TYPE),
+    pa.field("license", pa.string()),  # normalised code, e.g. "cc-by-4.0", "cc0-1.0"
+    pa.field("license_url", pa.string()),
+    pa.field("rights_holder", pa.string()),
+    pa.field("attribution", pa.string()),  # ready-to-print credit line
+    pa.field("status", pa.string(), nullable=False),  # see STATUSES
+    pa.field("error", pa.string()),  # human-readable reason for a non-ok status (file, row, field)
+    pa.field("input_file", pa.string()),  # export file the row came from (provenance)
+    pa.field("input_row", pa.int64()),  # 1-based data row number in that file
+]
+CANDIDATE_SCHEMA = pa.schema(CANDIDATE_FIELDS)
+
+# Columns the download stage fills.
+DOWNLOAD_FIELDS = [
+    pa.field("image_sha256", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("original_width", pa.int32()),
+    pa.field("original_height", pa.int32()),
+    pa.field("shard", pa.string()),  # tar path relative to the manifest file's directory
+    pa.field("key", pa.string()),  # webdataset __key__ inside that shard
+]
+
+# The final decision; the first failing rule wins.
+DECISION_FIELDS = [
+    pa.field("keep", pa.bool_(), nullable=False),
+    pa.field("drop_reason", pa.string()),
+]
+
+MANIFEST_SCHEMA = pa.schema(CANDIDATE_FIELDS + DOWNLOAD_FIELDS + DECISION_FIELDS)
+
+
+def sample_id_for(source: str, record_id: str) -> str:
+    """Stable id of a sample: 16 bytes of sha256 over (source, record id or canonical URL), as hex."""
+    if not source or not record_id:
+        raise ValueError(f"sample_id needs a source and a record id, got source={source!r} record_id={record_id!r}")
+    return hashlib.sha256(f"{source}\x1f{record_id}".encode()).hexdigest()[:32]
