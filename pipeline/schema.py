@@ -17,6 +17,7 @@ STATUS_OK = "ok"
 STATUS_REJECTED = "rejected"  # refused at crawl time (bad URL scheme, unknown license, taxon filter, ...)
 STATUS_FAILED_DOWNLOAD = "failed_download"
 STATUS_FAILED_DECODE = "failed_decode"
+STATUS_FAILED_RESIZE = "failed_resize"  # decoded, but refused by the resize rules (too small, aspect ratio)
 STATUS_OPTED_OUT = "opted_out"  # X-Robots-Tag noai / noimageai / ... on the image response
 STATUS_ROBOTS_DISALLOWED = "robots_disallowed"  # the host's robots.txt disallows our User-Agent
 STATUSES = (
@@ -25,6 +26,7 @@ STATUSES = (
     STATUS_REJECTED,
     STATUS_FAILED_DOWNLOAD,
     STATUS_FAILED_DECODE,
+    STATUS_FAILED_RESIZE,
     STATUS_OPTED_OUT,
     STATUS_ROBOTS_DISALLOWED,
 )

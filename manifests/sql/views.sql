@@ -1,0 +1,43 @@
+-- Views over one build's manifest. `plantmix sql` (pipeline/sql.py) substitutes {manifest}
+-- with the manifest's Parquet path (a glob or URL works too) and runs this file.
+
+-- Every candidate row of every source, with its status and, when dropped, the reason.
+CREATE OR REPLACE VIEW samples AS
+SELECT * FROM read_parquet('{manifest}');
+
+-- The rows that are in the release so far.
+CREATE OR REPLACE VIEW kept AS
+SELECT * FROM samples WHERE keep;
+
+-- Candidates and kept rows per source.
+CREATE OR REPLACE VIEW by_source AS
+SELECT source, domain,
+       count(*) AS candidates,
+       count(*) FILTER (WHERE keep) AS kept,
+       count(*) FILTER (WHERE NOT keep) AS dropped,
+       round(100.0 * count(*) FILTER (WHERE keep) / count(*), 1) AS kept_pct
+FROM samples GROUP BY ALL ORDER BY source;
+
+-- Rows per status and drop reason; the counts add up to count(*) FROM samples.
+CREATE OR REPLACE VIEW by_status AS
+SELECT status, drop_reason, count(*) AS n
+FROM samples GROUP BY ALL ORDER BY n DESC, status;
+
+-- License lineage: how many images each license covers, and how many of them are kept.
+CREATE OR REPLACE VIEW licenses AS
+SELECT coalesce(license, '(none)') AS license, license_url,
+       count(*) AS candidates,
+       count(*) FILTER (WHERE keep) AS kept,
+       count(DISTINCT rights_holder) AS rights_holders
+FROM samples GROUP BY ALL ORDER BY candidates DESC, license;
+
+-- Why rows failed, grouped by the error text.
+CREATE OR REPLACE VIEW failures AS
+SELECT source, status, error, count(*) AS n
+FROM samples WHERE NOT keep GROUP BY ALL ORDER BY n DESC, source;
+
+-- Kept rows per taxon (plant domain).
+CREATE OR REPLACE VIEW taxa AS
+SELECT taxonomy.family AS family, scientific_name, any_value(common_name) AS common_name,
+       count(*) AS images
+FROM kept WHERE domain = 'plant' GROUP BY ALL ORDER BY images DESC, scientific_name;

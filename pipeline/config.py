@@ -1,0 +1,154 @@
+"""Typed build recipes: one dataclass per stage, composed by :class:`Recipe`, validated once at load.
+
+A recipe is a YAML file (``manifests/recipes/*.yaml``). Unknown or missing keys and wrong types are
+reported with the file and the dotted key path, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CAPTION_STYLES = (
+    "dalip",
+    "bioclip_scientific",
+    "bioclip_taxonomic",
+    "bioclip_scientific_common",
+    "bioclip_taxonomic_common",
+    "original",
+)
+
+
+class RecipeError(ValueError):
+    """A recipe file that does not match the expected shape."""
+
+
+@dataclass
+class SourceSpec:
+    name: str  # registry-independent name of this source in the build, e.g. "inaturalist"
+    adapter: str  # adapter name in manifests/sources.yaml, e.g. "inaturalist", "gbif_dwca"
+    options: dict[str, Any] = field(default_factory=dict)  # the adapter's own Config fields
+
+
+@dataclass
+class DownloadConfig:
+    image_size: int = 256  # img2dataset image_size
+    resize_mode: str = "keep_ratio"  # img2dataset resize_mode: no, border, keep_ratio, keep_ratio_largest, center_crop
+    resize_only_if_bigger: bool = True
+    encode_format: str = "jpg"
+    encode_quality: int = 95
+    min_image_size: int = 0  # img2dataset refuses smaller images (status failed_resize)
+    max_aspect_ratio: float = math.inf
+    shard_size: int = 10_000  # rows per download shard (img2dataset number_sample_per_shard)
+    thread_count: int = 64  # download threads per shard
+    timeout: int = 10  # seconds per request
+    retries: int = 1  # retries per URL (transient network errors)
+    user_agent_token: str = "plantmix"  # our token in img2dataset's User-Agent; matched in robots.txt / X-Robots-Tag
+    disallowed_header_directives: list[str] = field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
+    )  # X-Robots-Tag directives that opt an image out of our dataset
+    respect_robots_txt: bool = True  # check each host's robots.txt for our token before fetching
+    max_requests_per_host_per_second: float = 5.0  # per-host rate limit inside one download process
+    url_rewrite: dict[str, str] = field(default_factory=dict)  # URL prefix -> replacement (mirrors, offline sample)
+
+
+@dataclass
+class Recipe:
+    name: str  # build name, also the deployment name
+    output_dir: str  # build folder; relative paths are relative to the current directory
+    sources: list[SourceSpec]
+    caption_style: str = "dalip"  # one of CAPTION_STYLES
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    serve_sample: str | None = None  # folder served on loopback during the build (bundled offline sample)
+    sample_host: str = "http://sample.plantmix.invalid/"  # URL prefix the sample's exports use
+    later_stages: dict[str, Any] = field(default_factory=dict)  # placeholders for stages not built yet
+    path: str | None = None  # the file this recipe was loaded from (set by load_recipe)
+
+    def __post_init__(self) -> None:
+        if self.caption_style not in CAPTION_STYLES:
+            raise RecipeError(f"caption_style: expected one of {CAPTION_STYLES}, got {self.caption_style!r}")
+        names = [s.name for s in self.sources]
+        if not names:
+            raise RecipeError("sources: expected at least one source")
+        if len(set(names)) != len(names):
+            raise RecipeError(f"sources: names must be unique, got {names}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a YAML mapping, checking keys and simple types."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise RecipeError(f"{where}: missing required key(s) {missing}")
+    try:
+        return cls(**kwargs)
+    except RecipeError as err:
+        raise RecipeError(f"{where}: {err}") from None
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _convert(hint, value, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and value in ("inf", ".inf"):
+        return math.inf
+    if hint in (int, str, bool) and not (type(value) is hint):
+        raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load and validate a recipe YAML file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    try:
+        recipe = _build(Recipe, data, "recipe")
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}") from None
+    recipe.path = str(path)
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    return dataclasses.asdict(recipe)

@@ -1,0 +1,115 @@
+"""Long-lived child interpreters that run one img2dataset shard at a time.
+
+Running img2dataset inside the caller's process is unsafe when the caller runs several shards at
+once on threads (a Prefect thread runner, a multi-threaded Dask worker): two of its downloaders in
+one process were seen to lose the process's own output. So each shard runs in a child Python
+process, as img2dataset's own distributor does. Children are reused from shard to shard (importing
+img2dataset, webdataset and torch costs ~5 s), one job at a time each, and exit when their parent
+closes their stdin. A child that dies mid-shard is reported as a failed shard (a rerun redoes it).
+
+Protocol: the parent writes one JSON line ``{"job": path, "log": path}`` to the child's stdin; the
+child runs the job with its stdout/stderr sent to the log file and answers ``{"ok": bool}``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+
+class WorkerDied(RuntimeError):
+    """The child process exited before answering (killed, out of memory, crashed)."""
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.shard_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def run(self, job: Path, log: Path) -> bool:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps({"job": str(job), "log": str(log)}) + "\n")
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError) as err:
+            raise WorkerDied(f"shard worker {self.proc.pid} is gone: {err}") from err
+        if not answer:
+            code = self.proc.wait()
+            raise WorkerDied(f"shard worker {self.proc.pid} exited with code {code} while running {job}; see {log}")
+        return bool(json.loads(answer)["ok"])
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+_idle: list[_Worker] = []
+_lock = threading.Lock()
+
+
+def run_in_worker(job: Path, log: Path) -> bool:
+    """Run one job file in an idle child (started if none is idle); True when the shard completed."""
+    with _lock:
+        worker = _idle.pop() if _idle else None
+    if worker is None or worker.proc.poll() is not None:
+        worker = _Worker()
+    try:
+        ok = worker.run(job, log)
+    except BaseException:
+        worker.proc.kill()
+        raise
+    with _lock:
+        _idle.append(worker)
+    return ok
+
+
+@atexit.register
+def _close_all() -> None:
+    with _lock:
+        workers, _idle[:] = list(_idle), []
+    for worker in workers:
+        worker.close()
+
+
+def serve(handler: Callable[[Path], bool]) -> None:
+    """Child side: answer jobs from stdin until it closes; the job's output goes to its log file."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    for line in sys.stdin:
+        request = json.loads(line)
+        with open(request["log"], "a") as log:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                ok = handler(Path(request["job"]))
+            except Exception:  # noqa: BLE001 - reported to the parent as a failed shard, traceback in the log
+                import traceback
+
+                traceback.print_exc()
+                ok = False
+            sys.stdout.flush()
+            sys.stderr.flush()
+        protocol.write(json.dumps({"ok": ok}) + "\n")
+
+
+if __name__ == "__main__":
+    from pipeline.download import run_job
+
+    serve(run_job)

@@ -1,0 +1,181 @@
+"""The adapter contract: crawl context, errors, typed-config loading and the one candidate-row builder.
+
+An adapter module exposes ``Config`` (a dataclass, built with :func:`config_from_dict`) and
+``read(config, ctx) -> Iterator[dict]``. It fills what its source knows (url, taxon, raw license, provenance) and
+hands the partial dict to :func:`build_row`, which applies the rules every source shares: stable ``sample_id``,
+caption variants and the recipe's choice, URL scheme check, license normalisation, status and error text.
+Every input row yields exactly one candidate row; a row that cannot be used is ``rejected`` with an ``error`` that
+names the file, the row and the field. Problems with a whole file raise :class:`SourceError` instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pipeline import captions, licenses
+from pipeline.schema import CANDIDATE_SCHEMA, STATUS_PENDING, STATUS_REJECTED, TAXONOMY_RANKS, sample_id_for
+
+CANDIDATE_COLUMNS = tuple(CANDIDATE_SCHEMA.names)
+WEB_SCHEMES = ("http", "https")
+
+
+class SourceError(ValueError):
+    """A file-level problem (missing file or column, broken archive, bad bytes); the message names file and row."""
+
+
+class ConfigError(ValueError):
+    """An adapter configuration that does not match its ``Config`` dataclass."""
+
+
+@dataclass(frozen=True)
+class CrawlContext:
+    caption_style: str = "dalip"  # one of pipeline.captions.CAPTION_STYLES, chosen by the recipe
+    allowed_schemes: tuple[str, ...] = WEB_SCHEMES  # URL schemes a crawled web source may emit
+
+    def __post_init__(self) -> None:
+        if self.caption_style not in captions.CAPTION_STYLES:
+            raise ConfigError(
+                f"caption_style {self.caption_style!r} unknown; expected one of {', '.join(captions.CAPTION_STYLES)}"
+            )
+        object.__setattr__(self, "allowed_schemes", tuple(s.lower() for s in self.allowed_schemes))
+
+
+C = TypeVar("C")
+
+
+def config_from_dict(cls: type[C], options: Mapping[str, Any], where: str = "source options") -> C:
+    """Build an adapter ``Config`` from recipe YAML, naming unknown and missing keys (values: ``__post_init__``)."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of options, got {type(options).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown} for {cls.__module__}; known: {sorted(fields)}")
+    missing = sorted(
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in options
+    )
+    if missing:
+        raise ConfigError(f"{where}: missing required option(s) {missing} for {cls.__module__}")
+    return cls(**options)
+
+
+def check_url_rewrite(url_rewrite: Mapping[str, str] | None, where: str) -> dict[str, str]:
+    """Validate the ``url_rewrite`` option shared by all adapters (prefix -> replacement, for mirrors/samples)."""
+    if url_rewrite is None:
+        return {}
+    if not isinstance(url_rewrite, Mapping) or not all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in url_rewrite.items()
+    ):
+        raise ConfigError(f"{where}: url_rewrite must map non-empty URL prefixes to replacement strings")
+    return dict(url_rewrite)
+
+
+def rewrite_url(url: str | None, rewrites: Mapping[str, str]) -> str | None:
+    """Apply the longest matching prefix rewrite (for mirrors / offline samples); other URLs pass unchanged."""
+    if not url or not rewrites:
+        return url
+    for prefix in sorted(rewrites, key=len, reverse=True):
+        if url.startswith(prefix):
+            return rewrites[prefix] + url[len(prefix) :]
+    return url
+
+
+def location(partial: Mapping[str, Any], field: str) -> str:
+    """``"<file> row <n>, field <name>"``: the prefix of every row-level error."""
+    return f"{partial.get('input_file')} row {partial.get('input_row')}, field {field}"
+
+
+def reject(partial: dict[str, Any], field: str, message: str) -> dict[str, Any]:
+    """Mark a partial row rejected (first reason wins) and return it, for adapter-specific rules."""
+    if partial.get("status") != STATUS_REJECTED:
+        partial["status"] = STATUS_REJECTED
+        partial["error"] = f"{location(partial, field)}: {message}"
+    return partial
+
+
+def full_taxonomy(known: Mapping[str, str | None] | None) -> dict[str, str | None] | None:
+    """Taxonomy struct with every rank key (None where unknown); None when no rank is known."""
+    if not known:
+        return None
+    taxonomy = {rank: (known.get(rank) or None) for rank in TAXONOMY_RANKS}
+    return taxonomy if any(taxonomy.values()) else None
+
+
+def build_row(partial: Mapping[str, Any], ctx: CrawlContext, allowed_schemes: tuple[str, ...] | None = None) -> dict:
+    """Turn an adapter's partial dict into a full candidate row (all CANDIDATE_SCHEMA columns).
+
+    ``partial["license"]`` is the raw code or URL as published. Rules, first failing one wins: an earlier
+    adapter rejection, URL scheme, license, caption. ``sample_id`` comes from the source record id, else the URL,
+    else the input location, so even a rejected row keeps a stable id.
+    """
+    row: dict[str, Any] = {column: partial.get(column) for column in CANDIDATE_COLUMNS}
+    row["status"] = partial.get("status") or STATUS_PENDING
+    row["taxonomy"] = full_taxonomy(partial.get("taxonomy"))
+    record = row["source_record_id"] or row["url"] or f"{row['input_file']}:{row['input_row']}"
+    row["sample_id"] = sample_id_for(row["source"], str(record))
+
+    schemes = allowed_schemes if allowed_schemes is not None else ctx.allowed_schemes
+    url = (row["url"] or "").strip()
+    scheme = urlsplit(url).scheme.lower() if url else ""
+    if not url:
+        reject(row, "url", "empty image URL")
+    elif scheme not in schemes:
+        reject(
+            row, "url", f"URL scheme {scheme or '(none)'!r} not allowed (allowed: {', '.join(schemes)}): {url[:200]}"
+        )
+
+    raw_license = row["license"]
+    try:
+        lic = licenses.normalize_license(raw_license)
+        row["license"], row["license_url"] = lic.code, lic.url
+        if not row["attribution"]:
+            row["attribution"] = licenses.attribution_line(row["rights_holder"], lic)
+    except licenses.LicenseError as exc:
+        row["license"] = raw_license or None  # keep the raw value so the rejection can be audited in SQL
+        reject(row, "license", str(exc))
+
+    variants = captions.build_caption_variants(
+        row["scientific_name"], row["common_name"], row["taxonomy"], row["original_text"]
+    )
+    row["caption_variants"] = variants or None
+    try:
+        row["caption"], row["caption_kind"] = captions.choose_caption(variants, ctx.caption_style)
+    except captions.NoCaption as exc:
+        reject(row, "caption", str(exc))
+    return row
+
+
+# iNaturalist's rank levels (also used for GBIF's taxonRank, lowercased): lower is finer.
+RANK_LEVELS = {
+    "kingdom": 70, "phylum": 60, "subphylum": 57, "class": 50, "subclass": 47, "order": 40, "suborder": 37,
+    "family": 30, "subfamily": 27, "tribe": 25, "genus": 20, "subgenus": 15, "section": 13, "complex": 11,
+    "species": 10, "hybrid": 10, "subspecies": 5, "variety": 5, "form": 5, "infrahybrid": 5,
+}  # fmt: skip
+
+
+def check_taxon_filter(config_where: str, kingdoms: tuple[str, ...], min_rank: str | None) -> None:
+    """Validate the kingdom / min_rank options shared by the biodiversity adapters."""
+    if min_rank is not None and min_rank not in RANK_LEVELS:
+        raise ConfigError(f"{config_where}: min_rank {min_rank!r} unknown; expected one of {sorted(RANK_LEVELS)}")
+    if isinstance(kingdoms, str) or not all(isinstance(k, str) for k in kingdoms):
+        raise ConfigError(f"{config_where}: kingdoms must be a list of kingdom names, e.g. [Plantae]")
+
+
+def apply_taxon_filter(
+    partial: dict[str, Any], kingdoms: tuple[str, ...], min_rank: str | None, rank_field: str, kingdom_field: str
+) -> None:
+    """Reject rows outside the kingdom filter or identified coarser than ``min_rank`` (reasons in ``error``)."""
+    kingdom = (partial.get("taxonomy") or {}).get("kingdom")
+    if kingdoms and kingdom not in kingdoms:
+        reject(partial, kingdom_field, f"taxon filter: kingdom {kingdom or '(unknown)'} not in [{', '.join(kingdoms)}]")
+    rank = (partial.get("taxon_rank") or "").lower()
+    if min_rank is not None:
+        level = RANK_LEVELS.get(rank)
+        if level is None or level > RANK_LEVELS[min_rank]:
+            reject(partial, rank_field, f"taxon filter: rank {rank or '(unknown)'} is coarser than min_rank {min_rank}")

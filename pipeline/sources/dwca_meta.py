@@ -1,0 +1,179 @@
+"""Darwin Core Archive container and ``meta.xml`` descriptor (https://dwc.tdwg.org/text/), nothing source-specific.
+
+An :class:`Archive` is a zip or an unpacked folder; :meth:`Archive.core_and_extension` parses ``meta.xml`` into
+:class:`FileSpec` s (file location, text dialect, id column, term URI -> column index or default) and checks that the
+declared files exist and carry the required terms. Defaults follow the text guide: fields ``,``, lines ``\\n``,
+enclosed by ``"``, UTF-8, no header lines. Every problem raises ``SourceError`` naming the archive member.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from pipeline.sources.base import SourceError
+from pipeline.sources.textfiles import text_of
+
+NS = "{http://rs.tdwg.org/dwc/text/}"
+_ESCAPES = {"\\t": "\t", "\\n": "\n", "\\r": "\r", '\\"': '"', "\\'": "'"}
+
+
+def _unescape(value: str) -> str:
+    for escaped, char in _ESCAPES.items():
+        value = value.replace(escaped, char)
+    return value
+
+
+@dataclass
+class FileSpec:
+    location: str  # member path inside the archive
+    row_type: str  # e.g. http://rs.tdwg.org/dwc/terms/Occurrence
+    id_index: int  # <id> (core) or <coreid> (extension) column
+    delimiter: str = ","
+    quotechar: str | None = '"'  # None: fieldsEnclosedBy="" (no quoting, as in GBIF downloads)
+    encoding: str = "utf-8"
+    skip_lines: int = 0
+    indexes: dict[str, int] = field(default_factory=dict)  # term URI -> column
+    defaults: dict[str, str] = field(default_factory=dict)  # term URI -> constant value
+
+    @property
+    def max_index(self) -> int:
+        return max([self.id_index, *self.indexes.values()])
+
+    def value(self, fields: list[str], term: str) -> str | None:
+        """The row's value for a term ("" -> None), else the declared default."""
+        index = self.indexes.get(term)
+        if index is not None and index < len(fields) and fields[index] != "":
+            return fields[index]
+        return self.defaults.get(term)
+
+
+class Archive:
+    """A DwC-A as a zip file or as the folder it unpacks to."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.zip: zipfile.ZipFile | None = None
+        if self.path.is_dir():
+            return
+        if not self.path.is_file():
+            raise SourceError(f"{self.path}: Darwin Core Archive not found")
+        try:
+            self.zip = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise SourceError(
+                f"{self.path}: not a readable zip archive ({exc}); expected a Darwin Core Archive"
+            ) from None
+
+    def label(self, member: str) -> str:
+        return f"{self.path}!{member}" if self.zip else str(self.path / member)
+
+    def names(self) -> list[str]:
+        if self.zip:
+            return [name for name in self.zip.namelist() if not name.endswith("/")]
+        return sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file())
+
+    def open(self, member: str) -> IO[bytes]:
+        try:
+            return self.zip.open(member) if self.zip else open(self.path / member, "rb")
+        except (KeyError, FileNotFoundError):
+            raise SourceError(f"{self.label(member)}: file not in archive") from None
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise SourceError(f"{self.label(member)}: cannot read ({exc})") from None
+
+    def core_and_extension(
+        self, core_type: str, extension_type: str, required_terms: list[str]
+    ) -> tuple[FileSpec, FileSpec]:
+        """Parse meta.xml; return the core of ``core_type`` and its extension of ``extension_type``."""
+        label = self.label("meta.xml")
+        if "meta.xml" not in self.names():
+            raise SourceError(f"{label}: missing; a Darwin Core Archive describes its files in meta.xml")
+        with self.open("meta.xml") as stream:
+            text = text_of(stream.read(), label)
+        try:
+            root = ET.fromstring(text)
+        except ET.ParseError as exc:
+            raise SourceError(f"{label} line {exc.position[0]}: invalid XML ({exc})") from None
+        if root.tag not in (NS + "archive", "archive"):
+            raise SourceError(f"{label}: root element is <{root.tag}>, expected <archive> in {NS[1:-1]}")
+        core = _find(root, "core")
+        if core is None:
+            raise SourceError(f"{label}: no <core> element")
+        core_spec = self._spec(core, "id", label)
+        if core_spec.row_type != core_type:
+            raise SourceError(f"{label}: <core> rowType is {core_spec.row_type!r}, expected {core_type}")
+        extensions = [self._spec(e, "coreid", label) for e in _findall(root, "extension")]
+        matching = [e for e in extensions if e.row_type == extension_type]
+        if not matching:
+            found = [e.row_type for e in extensions]
+            raise SourceError(f"{label}: no <extension> with rowType {extension_type}; found {found}")
+        extension = matching[0]
+        missing = [term for term in required_terms if term not in extension.indexes]
+        if missing:
+            raise SourceError(
+                f"{label}: <extension> {extension.location} has no <field> for required term(s) {missing}"
+            )
+        return core_spec, extension
+
+    def _spec(self, element: ET.Element, id_tag: str, label: str) -> FileSpec:
+        where = f"{label}: <{element.tag.removeprefix(NS)} rowType={element.get('rowType')!r}>"
+        location = _find(element, "files/location") if _find(element, "files") is not None else None
+        if location is None or not (location.text or "").strip():
+            raise SourceError(f"{where} has no <files><location>")
+        member = location.text.strip()
+        if member not in self.names():
+            raise SourceError(f"{where} declares file {member!r}, which is not in the archive (found {self.names()})")
+        id_element = _find(element, id_tag)
+        if id_element is None:
+            raise SourceError(f"{where} has no <{id_tag} index=...> element")
+        lines = _unescape(element.get("linesTerminatedBy", "\\n"))
+        if lines not in ("\n", "\r\n", "\r"):
+            raise SourceError(f"{where}: linesTerminatedBy {lines!r} unsupported; expected \\n or \\r\\n")
+        spec = FileSpec(
+            location=member,
+            row_type=element.get("rowType", ""),
+            id_index=_index(id_element, where),
+            delimiter=_unescape(element.get("fieldsTerminatedBy", ",")),
+            quotechar=_unescape(element.get("fieldsEnclosedBy", '"')) or None,
+            encoding=element.get("encoding", "UTF-8"),
+            skip_lines=_int(element.get("ignoreHeaderLines", "0"), where, "ignoreHeaderLines"),
+        )
+        if len(spec.delimiter) != 1:
+            raise SourceError(f"{where}: fieldsTerminatedBy {spec.delimiter!r} must be one character")
+        for field_element in _findall(element, "field"):
+            term = field_element.get("term")
+            if not term:
+                raise SourceError(f"{where}: <field> without a term attribute")
+            if field_element.get("index") is not None:
+                spec.indexes[term] = _index(field_element, where)
+            elif field_element.get("default") is not None:
+                spec.defaults[term] = field_element.get("default", "")
+        return spec
+
+
+def _find(element: ET.Element, path: str) -> ET.Element | None:
+    namespaced = element.find("/".join(NS + part for part in path.split("/")))
+    return namespaced if namespaced is not None else element.find(path)
+
+
+def _findall(element: ET.Element, tag: str) -> list[ET.Element]:
+    return element.findall(NS + tag) + element.findall(tag)
+
+
+def _int(value: str, where: str, attribute: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise SourceError(f"{where}: {attribute}={value!r} is not an integer") from None
+    if number < 0:
+        raise SourceError(f"{where}: {attribute}={value!r} must not be negative")
+    return number
+
+
+def _index(element: ET.Element, where: str) -> int:
+    return _int(
+        element.get("index", ""), f"{where} <{element.tag.removeprefix(NS)} term={element.get('term')!r}>", "index"
+    )

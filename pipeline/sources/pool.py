@@ -1,0 +1,161 @@
+"""General-domain url+caption pools (LAION / DataComp / CC12M style) -> candidate rows, one per pool row.
+
+Formats: Parquet (as LAION and DataComp publish their metadata: https://laion.ai/blog/laion-5b/,
+https://github.com/mlfoundations/datacomp), CSV / TSV with a header line (CC12M publishes a two-column TSV without
+header: give ``format: tsv`` and a file with a header, or convert), and JSON Lines (one object per line). Text
+files may be gzipped. Column names are configuration (``url_col``, ``caption_col``, optional ``id_col``,
+``license_col``, ``rights_holder_col``); the caption is kept as ``original_text`` and chosen with
+``caption_kind = "original"`` (rows have no taxon, so every caption style falls back to it).
+
+Licenses: pools rarely publish per-image licenses. ``default_license`` (default ``"unspecified"``) fills rows
+without one; ``"unspecified"`` is an accepted code meaning "the pool states no per-image license" -- it is recorded,
+not invented. Set ``default_license: null`` to reject such rows instead.
+
+Errors: missing configured columns (for JSONL: in the first object) raise ``SourceError`` naming the file, the
+expected column and the columns found; an empty file raises ``SourceError``; undecodable bytes raise ``SourceError``
+naming the file and line (a bad byte means a wrong encoding or a corrupt file, not one bad row). A JSONL line that
+is not a JSON object, or a CSV row with the wrong field count, is a rejected row. Without ``id_col`` the
+``sample_id`` is derived from the URL, so repeated URLs in one pool share a ``sample_id`` (by design: same image).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.sources.base import (
+    ConfigError,
+    CrawlContext,
+    SourceError,
+    build_row,
+    check_url_rewrite,
+    config_from_dict,
+    reject,
+    rewrite_url,
+)
+from pipeline.sources.textfiles import DecodedLines, open_binary, read_table
+
+FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+@dataclass
+class Config:
+    path: str  # pool file: .parquet, .csv, .tsv, .jsonl (text formats may end in .gz)
+    name: str = "pool"  # registry name written to the `source` column
+    format: str | None = None  # parquet | csv | tsv | jsonl; None = from the file extension
+    url_col: str = "url"  # image URL column
+    caption_col: str = "caption"  # alt text / caption column
+    id_col: str | None = None  # stable per-row id (e.g. DataComp "uid"); None = derive sample_id from the URL
+    license_col: str | None = None  # per-image license column, if the pool has one
+    rights_holder_col: str | None = None  # per-image rights holder column, if any
+    default_license: str | None = "unspecified"  # license for rows without one; None = reject those rows
+    domain: str = "general"  # "general" for web pools
+    url_rewrite: dict[str, str] | None = None  # URL prefix -> replacement, for mirrors / offline samples
+
+    def __post_init__(self) -> None:
+        where = f"source {self.name!r} (url_caption_pool)"
+        if self.format is None:
+            suffix = Path(self.path.removesuffix(".gz")).suffix.lower()
+            self.format = FORMATS.get(suffix)
+            if self.format is None:
+                known = sorted(set(FORMATS.values()))
+                raise ConfigError(f"{where}: cannot tell the format of {self.path!r}; set format to one of {known}")
+        if self.format not in FORMATS.values():
+            raise ConfigError(
+                f"{where}: format {self.format!r} unknown; expected one of {sorted(set(FORMATS.values()))}"
+            )
+        self.url_rewrite = check_url_rewrite(self.url_rewrite, where)
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> Config:
+        return config_from_dict(cls, options, "url_caption_pool options")
+
+    @property
+    def columns(self) -> list[str]:
+        optional = (self.id_col, self.license_col, self.rights_holder_col)
+        return [self.url_col, self.caption_col, *(c for c in optional if c)]
+
+
+def _missing(config: Config, found: list[str], label: str) -> None:
+    missing = [c for c in config.columns if c not in found]
+    if missing:
+        raise SourceError(f"{label}: missing configured column(s) {missing}; found columns {found}")
+
+
+def _parquet(config: Config) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+    try:
+        parquet = pq.ParquetFile(config.path)
+    except (OSError, pa.ArrowException) as exc:
+        raise SourceError(f"{config.path}: not a readable Parquet file ({exc})") from None
+    _missing(config, parquet.schema_arrow.names, config.path)
+    if parquet.metadata.num_rows == 0:
+        raise SourceError(f"{config.path}: empty file (0 rows)")
+    number = 0
+    for batch in parquet.iter_batches(batch_size=8192, columns=config.columns):
+        for values in batch.to_pylist():
+            number += 1
+            yield number, values, None
+
+
+def _delimited(config: Config) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+    delimiter = "\t" if config.format == "tsv" else ","
+    for record in read_table(config.path, required=config.columns, delimiter=delimiter, quotechar='"'):
+        yield record.row, record.values, (f"line {record.line}: {record.problem}" if record.problem else None)
+
+
+def _jsonl(config: Config) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+    number = 0
+    with open_binary(config.path) as binary:
+        lines = DecodedLines(binary, config.path, "utf-8")
+        for text in lines:
+            if not text.strip():
+                continue
+            number += 1
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield number, {}, f"line {lines.line}: invalid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            if not isinstance(values, dict):
+                yield number, {}, f"line {lines.line}: expected a JSON object, found {type(values).__name__}"
+                continue
+            if number == 1:  # the first object tells whether the column names are configured right
+                _missing(config, sorted(values), config.path)
+            yield number, values, None
+    if number == 0:
+        raise SourceError(f"{config.path}: empty file; expected JSON Lines with keys {config.columns}")
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
+    """Yield one candidate row per pool row (rejected rows included, with their reason)."""
+    rows = {"parquet": _parquet, "csv": _delimited, "tsv": _delimited, "jsonl": _jsonl}[config.format or ""](config)
+    for number, values, problem in rows:
+        raw_id = values.get(config.id_col) if config.id_col else None
+        raw_license = values.get(config.license_col) if config.license_col else None
+        url = values.get(config.url_col)
+        partial: dict[str, Any] = {
+            "source": config.name,
+            "source_record_id": str(raw_id) if raw_id not in (None, "") else None,
+            "domain": config.domain,
+            "url": rewrite_url(str(url).strip(), config.url_rewrite or {}) if url else None,
+            "original_text": _text(values.get(config.caption_col)),
+            "license": _text(raw_license) or config.default_license,
+            "rights_holder": _text(values.get(config.rights_holder_col)) if config.rights_holder_col else None,
+            "input_file": str(config.path),
+            "input_row": number,
+        }
+        if problem:
+            reject(partial, "(row)", problem)
+        elif config.caption_col not in values or config.url_col not in values:
+            reject(partial, config.url_col if config.url_col not in values else config.caption_col, "missing")
+        yield build_row(partial, ctx)

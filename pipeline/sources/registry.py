@@ -1,0 +1,77 @@
+"""The source registry: adapter name -> module, read from ``manifests/sources.yaml``, and one way to run an adapter.
+
+The YAML maps each adapter name to ``module`` (importable path), ``description`` and ``format`` (where the
+published format is specified). A module is an adapter if it has a ``Config`` dataclass (with ``from_dict``) and
+``read(config, ctx)``. Names resolve through the table, never through string routing in code, so adding a source
+is one new module plus one registry entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from pipeline.sources.base import ConfigError, CrawlContext
+
+DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "manifests" / "sources.yaml"
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str  # registry key, used by recipes
+    module: str  # importable module implementing Config + read
+    description: str  # one line for humans
+    format: str  # where the input format is specified (URL or doc path)
+
+
+def load_registry(path: str | Path | None = None) -> dict[str, AdapterInfo]:
+    """Parse the registry YAML; errors name the file and the entry."""
+    path = Path(path) if path else DEFAULT_REGISTRY
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: source registry not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("adapters"), dict):
+        raise ConfigError(f"{path}: expected a mapping with an 'adapters' mapping at the top")
+    registry = {}
+    for name, entry in document["adapters"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("module"), str):
+            raise ConfigError(f"{path}: adapters.{name} needs a 'module' string (and description, format)")
+        unknown = sorted(set(entry) - {"module", "description", "format"})
+        if unknown:
+            raise ConfigError(f"{path}: adapters.{name} has unknown key(s) {unknown}")
+        registry[name] = AdapterInfo(name, entry["module"], entry.get("description", ""), entry.get("format", ""))
+    return registry
+
+
+def adapters(path: str | Path | None = None) -> dict[str, str]:
+    """``{adapter name: module path}``, as declared in the registry file."""
+    return {name: info.module for name, info in load_registry(path).items()}
+
+
+def load_adapter(name: str, registry_path: str | Path | None = None) -> ModuleType:
+    """Import the adapter module registered as ``name``; unknown names list the known ones."""
+    table = adapters(registry_path)
+    if name not in table:
+        raise ConfigError(f"unknown source adapter {name!r}; known adapters: {', '.join(sorted(table))}")
+    module = importlib.import_module(table[name])
+    if not hasattr(module, "Config") or not callable(getattr(module, "read", None)):
+        raise ConfigError(f"adapter {name!r}: module {table[name]} lacks Config and read(config, ctx)")
+    return module
+
+
+def read_source(
+    adapter_name: str, options: Mapping[str, Any], ctx: CrawlContext, registry_path: str | Path | None = None
+) -> Iterator[dict]:
+    """Build the adapter's Config from recipe options and stream its candidate rows."""
+    module = load_adapter(adapter_name, registry_path)
+    config = module.Config.from_dict(dict(options))
+    return module.read(config, ctx)

@@ -1,0 +1,52 @@
+"""The build summary: candidates per source, per status and per license, and a check that they add up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+EXAMPLE_QUERY = (
+    "SELECT source, count(*) AS candidates, count(*) FILTER (WHERE keep) AS kept "
+    "FROM samples GROUP BY source ORDER BY source"
+)
+
+
+def summarize(manifest: Path) -> dict[str, Any]:
+    con = duckdb.connect()
+    con.sql(f"CREATE VIEW m AS SELECT * FROM read_parquet('{manifest}')")
+
+    def grouped(sql: str) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for outer, inner, n in con.sql(sql).fetchall():
+            out.setdefault(str(outer), {})[str(inner)] = n
+        return out
+
+    total = con.sql("SELECT count(*) FROM m").fetchall()[0][0]
+    by_status = dict(con.sql("SELECT status, count(*) FROM m GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
+    summary = {
+        "candidates": total,
+        "kept": con.sql("SELECT count(*) FROM m WHERE keep").fetchall()[0][0],
+        "by_status": by_status,
+        "by_source": grouped("SELECT source, status, count(*) FROM m GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"),
+        "by_license": grouped(
+            "SELECT coalesce(license, '(none)'), status, count(*) FROM m GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"
+        ),
+    }
+    if sum(by_status.values()) != total:
+        raise AssertionError(f"status counts {by_status} do not add up to {total} candidates")
+    return summary
+
+
+def render(summary: dict[str, Any]) -> str:
+    lines = [f"candidates: {summary['candidates']}   kept (status ok): {summary['kept']}", "", "by status:"]
+    lines += [f"  {status:<20} {n:>8}" for status, n in summary["by_status"].items()]
+    parts = " + ".join(f"{n} {s}" for s, n in summary["by_status"].items())
+    lines.append(f"  {summary['candidates']} candidates = {parts}")
+    for title, key in (("by source", "by_source"), ("by license", "by_license")):
+        lines += ["", f"{title}:"]
+        for name, counts in summary[key].items():
+            detail = ", ".join(f"{s} {n}" for s, n in counts.items())
+            lines.append(f"  {name:<20} {sum(counts.values()):>8}   ({detail})")
+    return "\n".join(lines)
