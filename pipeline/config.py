@@ -16,14 +16,7 @@ from typing import Any
 
 import yaml
 
-CAPTION_STYLES = (
-    "dalip",
-    "bioclip_scientific",
-    "bioclip_taxonomic",
-    "bioclip_scientific_common",
-    "bioclip_taxonomic_common",
-    "original",
-)
+from pipeline.captions import CAPTION_STYLES  # noqa: E402 - re-exported for recipes
 
 
 class RecipeError(ValueError):

@@ -1,0 +1,95 @@
+import pyarrow as pa
+import pytest
+
+from pipeline.schema import CANDIDATE_SCHEMA, sample_id_for
+from pipeline.sources import registry
+from pipeline.sources.base import ConfigError, CrawlContext, build_row, rewrite_url
+from pipeline.sources.inaturalist import Config as InatConfig
+
+BASE = {
+    "source": "src",
+    "source_record_id": "r1",
+    "domain": "plant",
+    "url": "https://example.org/a.jpg",
+    "scientific_name": "Iris tectorum",
+    "common_name": "Wall iris",
+    "license": "CC-BY",
+    "rights_holder": "Jane",
+    "input_file": "export.csv",
+    "input_row": 3,
+}
+
+
+def test_build_row_fills_every_column_and_fits_the_schema(ctx):
+    row = build_row(BASE, ctx)
+    assert list(row) == CANDIDATE_SCHEMA.names
+    assert row["sample_id"] == sample_id_for("src", "r1")
+    assert (row["caption"], row["caption_kind"], row["status"]) == (
+        "Iris tectorum, commonly known as Wall iris.",
+        "dalip",
+        "pending",
+    )
+    assert row["license"] == "cc-by" and row["attribution"] == "(c) Jane, some rights reserved (CC BY)"
+    pa.Table.from_pylist([row], schema=CANDIDATE_SCHEMA)
+
+
+@pytest.mark.parametrize("url", ["ftp://example.org/a.jpg", "javascript:alert(1)", "file:///etc/passwd", "a.jpg"])
+def test_disallowed_scheme_is_a_rejected_row_naming_file_row_field(ctx, url):
+    row = build_row({**BASE, "url": url}, ctx)
+    assert row["status"] == "rejected"
+    assert row["error"].startswith("export.csv row 3, field url: URL scheme")
+
+
+def test_unknown_license_is_a_rejected_row_with_the_code(ctx):
+    row = build_row({**BASE, "license": "WTFPL"}, ctx)
+    assert row["status"] == "rejected"
+    assert row["error"] == "export.csv row 3, field license: unknown license code 'WTFPL'"
+    assert row["license"] == "WTFPL"
+
+
+def test_first_reason_wins_and_sample_id_survives(ctx):
+    row = build_row({**BASE, "source_record_id": None, "url": "ftp://x/y.jpg", "license": ""}, ctx)
+    assert "field url" in row["error"]
+    assert row["sample_id"] == sample_id_for("src", "ftp://x/y.jpg")
+
+
+def test_url_rewrite_longest_prefix():
+    rules = {"http://a.invalid/": "http://127.0.0.1:9/", "http://a.invalid/x/": "http://mirror/"}
+    assert rewrite_url("http://a.invalid/x/1.jpg", rules) == "http://mirror/1.jpg"
+    assert rewrite_url("http://a.invalid/y.jpg", rules) == "http://127.0.0.1:9/y.jpg"
+    assert rewrite_url("https://other/y.jpg", rules) == "https://other/y.jpg"
+
+
+def test_context_and_config_validation():
+    with pytest.raises(ConfigError, match="caption_style"):
+        CrawlContext(caption_style="nope")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['dirctory'\]"):
+        InatConfig.from_dict({"dirctory": "x"})
+    with pytest.raises(ConfigError, match=r"missing required option\(s\) \['directory'\]"):
+        InatConfig.from_dict({})
+    with pytest.raises(ConfigError, match="min_rank"):
+        InatConfig.from_dict({"directory": "x", "min_rank": "speces"})
+
+
+def test_registry_lists_and_loads_adapters(tmp_path):
+    table = registry.adapters()
+    assert table["inaturalist"] == "pipeline.sources.inaturalist"
+    assert set(table) >= {"inaturalist", "gbif_dwca", "url_caption_pool", "local_folder"}
+    for name in table:
+        module = registry.load_adapter(name)
+        assert hasattr(module, "Config") and callable(module.read)
+    with pytest.raises(ConfigError, match="unknown source adapter 'wikimedia'; known adapters: gbif_dwca, inat"):
+        registry.load_adapter("wikimedia")
+    custom = tmp_path / "sources.yaml"
+    custom.write_text("adapters:\n  mine:\n    module: pipeline.sources.pool\n    description: d\n    format: f\n")
+    assert registry.load_adapter("mine", custom).__name__ == "pipeline.sources.pool"
+    custom.write_text("adapters:\n  mine:\n    modul: x\n")
+    with pytest.raises(ConfigError, match="adapters.mine needs a 'module'"):
+        registry.load_adapter("mine", custom)
+
+
+def test_list_options_refuse_a_bare_string():
+    with pytest.raises(ConfigError, match="kingdoms must be a list"):
+        InatConfig.from_dict({"directory": "x", "kingdoms": "Plantae"})
+    with pytest.raises(ConfigError, match="quality_grades must be a list"):
+        InatConfig.from_dict({"directory": "x", "quality_grades": "research"})

@@ -1,0 +1,114 @@
+import pyarrow as pa
+import pytest
+from source_fixtures import MEDIA_TERMS, meta_xml, write_dwca
+
+from pipeline.schema import CANDIDATE_SCHEMA
+from pipeline.sources.base import SourceError
+from pipeline.sources.registry import read_source
+
+
+def crawl(path, ctx, **options):
+    return list(read_source("gbif_dwca", {"path": str(path), "name": "plantnet", **options}, ctx))
+
+
+def test_happy_path_reads_columns_through_meta_xml(tmp_path, ctx):
+    rows = crawl(write_dwca(tmp_path / "dwca.zip"), ctx)
+    pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)
+    assert len(rows) == 6  # one per multimedia row
+    first = rows[0]
+    assert first["source_record_id"] == "1001:0" and rows[2]["source_record_id"] == "1001:2"
+    assert first["url"] == "https://img.example.org/a.jpg"
+    assert first["page_url"] == "https://www.gbif.org/occurrence/1001"
+    assert first["scientific_name"] == "Iris tectorum" and first["taxon_rank"] == "species"
+    assert first["caption"] == "Iris tectorum, commonly known as Wall iris."
+    assert first["original_text"] == "Iris in bloom"
+    assert first["taxonomy"]["order"] == "Asparagales" and first["taxonomy"]["species"] == "Iris tectorum"
+    assert (first["license"], first["rights_holder"]) == ("cc-by-nc-4.0", "Ann Lee")
+    assert first["input_file"].endswith("dwca.zip!multimedia.txt") and first["input_row"] == 1
+    assert rows[2]["license"] == "cc-by-4.0" and rows[2]["rights_holder"] == "Ann"  # occurrence license, creator
+    assert rows[3]["page_url"] == "https://example.org/occ/2"
+
+
+def test_rejections_name_row_and_field(tmp_path, ctx):
+    rows = crawl(write_dwca(tmp_path / "dwca.zip"), ctx)
+    assert [r["status"] for r in rows] == ["pending", "rejected", "pending", "rejected", "rejected", "rejected"]
+    assert rows[1]["error"].endswith("multimedia.txt row 2, field type: media type Sound is not StillImage")
+    assert rows[3]["error"].endswith("row 4, field kingdom: taxon filter: kingdom Animalia not in [Plantae]")
+    assert rows[4]["error"].endswith(
+        "row 5, field taxonRank: taxon filter: rank genus is coarser than min_rank species"
+    )
+    assert rows[5]["error"].endswith("row 6, field license: unknown license code 'GPL-3.0'")
+
+
+def test_columns_follow_meta_xml_not_position(tmp_path, ctx):
+    shuffled = [MEDIA_TERMS[0], *reversed(MEDIA_TERMS[1:])]
+    reorder = [0, *range(len(MEDIA_TERMS) - 1, 0, -1)]
+    lines = [
+        "\t".join(["gbifID", *(t.rsplit("/", 1)[1] for t in shuffled[1:])]),
+        "\t".join(
+            ["1001", "StillImage", "image/jpeg", "https://img.example.org/z.jpg", "", "", "Ann", "CC0_1_0", ""][i]
+            for i in reorder
+        ),
+    ]
+    path = write_dwca(tmp_path / "dwca.zip", meta_xml=meta_xml(media_terms=shuffled), multimedia_txt="\n".join(lines))
+    (row,) = crawl(path, ctx)
+    assert (row["url"], row["license"], row["status"]) == ("https://img.example.org/z.jpg", "cc0-1.0", "pending")
+
+
+def test_unpacked_folder_works(tmp_path, ctx):
+    import zipfile
+
+    zipfile.ZipFile(write_dwca(tmp_path / "dwca.zip")).extractall(tmp_path / "unpacked")
+    assert len(crawl(tmp_path / "unpacked", ctx)) == 6
+
+
+def test_broken_zip(tmp_path, ctx):
+    path = tmp_path / "broken.zip"
+    path.write_bytes(b"PK\x03\x04 this is not a zip")
+    with pytest.raises(SourceError, match=r"broken.zip: not a readable zip archive"):
+        crawl(path, ctx)
+
+
+def test_missing_and_invalid_meta_xml(tmp_path, ctx):
+    with pytest.raises(SourceError, match=r"a.zip!meta.xml: missing"):
+        crawl(write_dwca(tmp_path / "a.zip", meta_xml=None), ctx)
+    with pytest.raises(SourceError, match=r"b.zip!meta.xml line 3: invalid XML \(mismatched tag"):
+        crawl(write_dwca(tmp_path / "b.zip", meta_xml='<?xml version="1.0"?>\n<archive><core>\n</archive>'), ctx)
+    bad_index = meta_xml().replace(
+        '<field index="3" term="http://purl.org/dc/terms/identifier"/>',
+        '<field index="three" term="http://purl.org/dc/terms/identifier"/>',
+    )
+    with pytest.raises(
+        SourceError, match=r"c.zip!meta.xml: <extension .*term='http://purl.org/dc/terms/identifier'.*index='three'"
+    ):
+        crawl(write_dwca(tmp_path / "c.zip", meta_xml=bad_index), ctx)
+
+
+def test_meta_xml_pointing_to_missing_file(tmp_path, ctx):
+    path = write_dwca(tmp_path / "dwca.zip", multimedia_txt=None)
+    with pytest.raises(
+        SourceError, match=r"dwca.zip!meta.xml: <extension .*declares file 'multimedia.txt', which is not in"
+    ):
+        crawl(path, ctx)
+
+
+def test_missing_required_term(tmp_path, ctx):
+    terms = [t for t in MEDIA_TERMS if not t.endswith("/identifier")]
+    with pytest.raises(
+        SourceError, match=r"meta.xml: <extension> multimedia.txt has no <field> for required term.*identifier"
+    ):
+        crawl(write_dwca(tmp_path / "dwca.zip", meta_xml=meta_xml(media_terms=terms)), ctx)
+
+
+def test_undecodable_bytes_and_empty_file(tmp_path, ctx):
+    media = "gbifID\ttype\n1001\tStill\xff".encode("latin-1")
+    with pytest.raises(SourceError, match=r"dwca.zip!multimedia.txt line 2: bytes not valid UTF-8"):
+        crawl(write_dwca(tmp_path / "dwca.zip", multimedia_txt=media), ctx)
+    assert crawl(write_dwca(tmp_path / "empty.zip", multimedia_txt=""), ctx) == []
+
+
+def test_short_media_row_and_unknown_coreid_are_rejected_rows(tmp_path, ctx):
+    media = "header\n1001\tStillImage\n9999\tStillImage\timage/jpeg\thttps://x.org/a.jpg\t\t\t\tCC0_1_0\t\n"
+    rows = crawl(write_dwca(tmp_path / "dwca.zip", multimedia_txt=media), ctx)
+    assert rows[0]["error"].endswith("row 1, field (row): line 2: expected 9 fields, found 2")
+    assert rows[1]["error"].endswith("row 2, field coreid: occurrence '9999' not in occurrence.txt")

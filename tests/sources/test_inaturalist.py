@@ -1,0 +1,106 @@
+import gzip
+
+import pyarrow as pa
+import pytest
+from source_fixtures import OBSERVATIONS, PHOTOS, tsv
+
+from pipeline.schema import CANDIDATE_SCHEMA
+from pipeline.sources import inaturalist
+from pipeline.sources.base import SourceError
+from pipeline.sources.registry import read_source
+
+
+def crawl(folder, ctx, **options):
+    return list(
+        read_source("inaturalist", {"directory": str(folder), "common_names": "common_names.csv", **options}, ctx)
+    )
+
+
+def test_happy_path_and_every_row_accounted_for(inat_dir, ctx):
+    rows = crawl(inat_dir, ctx)
+    pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)
+    assert [r["input_row"] for r in rows] == [1, 2, 3, 4, 5]
+    ok = rows[0]
+    assert ok["url"] == "https://inaturalist-open-data.s3.amazonaws.com/photos/101/medium.jpeg"
+    assert ok["page_url"] == "https://www.inaturalist.org/photos/101"
+    assert ok["source_record_id"] == "101:o1"
+    assert ok["caption"] == "Iris tectorum, commonly known as Wall iris."
+    assert ok["taxonomy"] == {
+        "kingdom": "Plantae",
+        "phylum": "Tracheophyta",
+        "class": "Liliopsida",
+        "order": "Asparagales",
+        "family": "Iridaceae",
+        "genus": "Iris",
+        "species": "Iris tectorum",
+    }
+    assert (ok["license"], ok["attribution"], ok["status"]) == (
+        "cc-by-nc",
+        "(c) Jane Doe, some rights reserved (CC BY-NC)",
+        "pending",
+    )
+    errors = [r["error"] for r in rows[1:]]
+    assert all(r["status"] == "rejected" for r in rows[1:])
+    photos = str(inat_dir / "photos.csv")
+    assert errors[0] == f"{photos} row 2, field license: no open license (empty)"
+    assert errors[1] == f"{photos} row 3, field taxa.ancestry: taxon filter: kingdom Animalia not in [Plantae]"
+    assert errors[2].endswith("field observations.quality_grade: quality grade needs_id not in [research]")
+    assert errors[3].endswith("field taxa.rank: taxon filter: rank genus is coarser than min_rank species")
+    assert rows[2]["rights_holder"] == "kiwi"  # no name -> login
+
+
+def test_filters_are_configurable_and_size_base_url(inat_dir, ctx):
+    rows = crawl(
+        inat_dir,
+        ctx,
+        quality_grades=[],
+        min_rank=None,
+        kingdoms=[],
+        size="small",
+        base_url="http://mirror.invalid/inat/",
+        url_rewrite={"http://mirror.invalid/": "http://127.0.0.1:1/"},
+    )
+    assert [r["status"] for r in rows] == ["pending", "rejected", "pending", "pending", "pending"]
+    assert rows[3]["url"] == "http://127.0.0.1:1/inat/photos/104/small.png"
+
+
+def test_gzipped_tables_are_read(inat_dir, ctx):
+    for name in ("photos", "observations"):
+        path = inat_dir / f"{name}.csv"
+        (inat_dir / f"{name}.csv.gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    assert len(crawl(inat_dir, ctx)) == 5
+
+
+def test_missing_required_column_names_file_and_column(inat_dir, ctx):
+    tsv(inat_dir / "observations.csv", [c for c in OBSERVATIONS if c != "quality_grade"], [])
+    with pytest.raises(SourceError, match=r"observations.csv: missing required column\(s\) \['quality_grade'\]; found"):
+        crawl(inat_dir, ctx)
+
+
+def test_empty_file_and_missing_table(inat_dir, ctx):
+    (inat_dir / "photos.csv").write_text("")
+    with pytest.raises(SourceError, match=r"photos.csv: empty file; expected a header"):
+        crawl(inat_dir, ctx)
+    (inat_dir / "taxa.csv").unlink()
+    with pytest.raises(SourceError, match=r"missing taxa.csv \(or taxa.csv.gz\)"):
+        crawl(inat_dir, ctx)
+
+
+def test_undecodable_bytes_name_file_and_line(inat_dir, ctx):
+    path = inat_dir / "photos.csv"
+    path.write_bytes(path.read_bytes().replace(b"CC0", b"CC\xff0"))
+    with pytest.raises(SourceError, match=r"photos.csv line 4: bytes not valid utf-8"):
+        crawl(inat_dir, ctx)
+
+
+def test_short_row_and_dangling_references_are_rejected_rows(inat_dir, ctx):
+    tsv(
+        inat_dir / "photos.csv",
+        PHOTOS,
+        [["u9", "109", "o1", "7", "jpeg"], ["u8", "108", "nope", "99", "jpeg", "CC0", "1", "1", "0"]],
+    )
+    rows = crawl(inat_dir, ctx)
+    assert rows[0]["error"].endswith("row 1, field (row): line 2: expected 9 fields, found 5")
+    assert "field observer_id: observer '99' not in observers.csv" in rows[1]["error"]
+    assert inaturalist.Config.from_dict({"directory": "x"}).base_url.startswith("https://")

@@ -1,0 +1,102 @@
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.schema import CANDIDATE_SCHEMA, sample_id_for
+from pipeline.sources.base import ConfigError, SourceError
+from pipeline.sources.registry import read_source
+
+ROWS = [
+    {"uid": "a1", "url": "https://img.example.org/1.jpg", "caption": "a red bicycle", "license": "CC-BY-4.0"},
+    {"uid": "a2", "url": "https://img.example.org/2.jpg", "caption": "a blue teapot", "license": None},
+    {"uid": "a3", "url": "javascript:alert(1)", "caption": "a kite", "license": None},
+]
+
+
+def crawl(path, ctx, **options):
+    return list(read_source("url_caption_pool", {"path": str(path), **options}, ctx))
+
+
+def test_parquet_pool(tmp_path, ctx):
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS), path)
+    rows = crawl(path, ctx, id_col="uid", license_col="license", name="laion")
+    pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)
+    assert [(r["caption"], r["caption_kind"], r["domain"]) for r in rows[:2]] == [
+        ("a red bicycle", "original", "general"),
+        ("a blue teapot", "original", "general"),
+    ]
+    assert [r["license"] for r in rows[:2]] == ["cc-by-4.0", "unspecified"]  # default_license for missing ones
+    assert rows[0]["sample_id"] == sample_id_for("laion", "a1")
+    assert (
+        rows[2]["status"] == "rejected" and "row 3, field url: URL scheme 'javascript' not allowed" in rows[2]["error"]
+    )
+
+
+def test_csv_and_jsonl_gz_pools(tmp_path, ctx):
+    csv_path = tmp_path / "pool.csv"
+    csv_path.write_text('URL,TEXT\nhttps://x.org/1.jpg,"a cat, sleeping"\nhttps://x.org/2.jpg\n')
+    rows = crawl(csv_path, ctx, url_col="URL", caption_col="TEXT")
+    assert rows[0]["caption"] == "a cat, sleeping" and rows[0]["sample_id"] == sample_id_for(
+        "pool", "https://x.org/1.jpg"
+    )
+    assert rows[1]["error"].endswith("row 2, field (row): line 3: expected 2 fields, found 1")
+    jsonl = tmp_path / "pool.jsonl.gz"
+    lines = [json.dumps({"url": "https://x.org/1.jpg", "caption": "a dog"}), "{not json", "[1, 2]", ""]
+    jsonl.write_bytes(gzip.compress("\n".join(lines).encode()))
+    rows = crawl(jsonl, ctx, default_license=None)
+    assert [r["input_row"] for r in rows] == [1, 2, 3]
+    assert rows[0]["error"].endswith("field license: no open license (empty)")  # default_license: null rejects
+    assert "row 2, field (row): line 2: invalid JSON" in rows[1]["error"]
+    assert "row 3, field (row): line 3: expected a JSON object, found list" in rows[2]["error"]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "jsonl"])
+def test_missing_column_names_file_expected_and_found(tmp_path, ctx, kind):
+    path = tmp_path / f"pool.{kind}"
+    if kind == "parquet":
+        pq.write_table(pa.table({"url": ["https://x.org/1.jpg"], "text": ["t"]}), path)
+    elif kind == "csv":
+        path.write_text("url,text\nhttps://x.org/1.jpg,t\n")
+    else:
+        path.write_text('{"url": "https://x.org/1.jpg", "text": "t"}\n')
+    with pytest.raises(
+        SourceError, match=rf"pool.{kind}: missing (configured|required) column\(s\) \['caption'\]; found .*'text'"
+    ):
+        crawl(path, ctx)
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
+def test_empty_file(tmp_path, ctx, kind):
+    path = tmp_path / f"pool.{kind}"
+    if kind == "parquet":
+        pq.write_table(pa.table({"url": pa.array([], pa.string()), "caption": pa.array([], pa.string())}), path)
+    else:
+        path.write_text("")
+    with pytest.raises(SourceError, match=rf"pool.{kind}: empty file"):
+        crawl(path, ctx)
+
+
+def test_undecodable_bytes_name_file_and_line(tmp_path, ctx):
+    path = tmp_path / "pool.jsonl"
+    path.write_bytes(
+        b'{"url": "https://x.org/1.jpg", "caption": "ok"}\n{"url": "https://x.org/2.jpg", "caption": "\xc3\x28"}\n'
+    )
+    with pytest.raises(SourceError, match=r"pool.jsonl line 2: bytes not valid utf-8"):
+        crawl(path, ctx)
+    path = tmp_path / "pool.csv"
+    path.write_bytes(b"url,caption\nhttps://x.org/1.jpg,caf\xe9\n")
+    with pytest.raises(SourceError, match=r"pool.csv line 2: bytes not valid utf-8"):
+        crawl(path, ctx)
+
+
+def test_broken_parquet_and_bad_config(tmp_path, ctx):
+    path = tmp_path / "pool.parquet"
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(SourceError, match=r"pool.parquet: not a readable Parquet file"):
+        crawl(path, ctx)
+    with pytest.raises(ConfigError, match="cannot tell the format"):
+        crawl(tmp_path / "pool.xlsx", ctx)
