@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task, unmapped
@@ -68,10 +69,18 @@ def build_stages(recipe: Recipe) -> dict[str, Any]:
 
 @flow(name="build-plantmix")
 def build_plantmix(
-    recipe: str = "manifests/recipes/demo.yaml", dask_address: str | None = None, workers: int = 2
+    recipe: str = "manifests/recipes/demo.yaml",
+    output_dir: str | None = None,
+    dask_address: str | None = None,
+    workers: int = 2,
 ) -> dict[str, Any]:
-    """Build the manifest a recipe describes; shards run on ``workers`` threads or on a Dask cluster."""
+    """Build the manifest a recipe describes into its output_dir (or ``output_dir``).
+
+    Shards run on ``workers`` threads of this process, or on the Dask cluster at ``dask_address``.
+    """
     loaded = load_recipe(recipe)
+    if output_dir:
+        loaded.output_dir = output_dir
     if dask_address:
         from prefect_dask import DaskTaskRunner
 
@@ -84,16 +93,18 @@ def build_plantmix(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.build_plantmix", description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="manifests/recipes/demo.yaml", help="build recipe (YAML)")
+    parser.add_argument("--output-dir", default=None, help="build folder (default: the recipe's output_dir)")
     parser.add_argument("--dask-address", default=None, help="tcp://host:port of a Dask scheduler")
     parser.add_argument("--workers", type=int, default=2, help="concurrent shard tasks without Dask")
     args = parser.parse_args(argv)
-    result = build_plantmix(recipe=args.recipe, dask_address=args.dask_address, workers=args.workers)
+    result = build_plantmix(
+        recipe=args.recipe, output_dir=args.output_dir, dask_address=args.dask_address, workers=args.workers
+    )
     print("\n" + render(result["summary"]))
     print(f"\nmanifest: {result['manifest']}")
-    con = sql.connect(result["manifest"])
-    print(f"\nexample query (plantmix sql \"...\" --build {args.recipe and load_recipe(args.recipe).output_dir}):")
-    print(f"  {EXAMPLE_QUERY}")
-    print(con.sql(EXAMPLE_QUERY))
+    build_folder = str(Path(result["manifest"]).parent)
+    print(f'\nexample query: plantmix sql "{EXAMPLE_QUERY}" --build {build_folder}')
+    print(sql.connect(build_folder).sql(EXAMPLE_QUERY))
     return 0
 
 

@@ -1,0 +1,28 @@
+"""Shared test set-up: hermetic environment (no network, no telemetry) and a loopback image host."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Before anything imports albumentations / huggingface_hub / prefect.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# A private Prefect home: in-process flows get their own temporary server and database.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="plantmix-test-prefect-")
+os.environ.pop("PREFECT_API_URL", None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,137 @@
+"""The `build-plantmix` flow on the bundled sample: in-process, rerun, and on a real Dask cluster."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from flows.build_plantmix import build_plantmix, main
+from tests.conftest import REPO, free_port
+
+RECIPE = str(REPO / "manifests" / "recipes" / "demo.yaml")
+ADAPTER_SOURCE = {"inaturalist": "inaturalist", "gbif_dwca": "plantnet", "url_caption_pool": "general_pool"}
+
+
+@pytest.fixture(scope="module")
+def demo_build(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "build"
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the recipe's relative paths are relative to the repository root
+    try:
+        build_plantmix(recipe=RECIPE, output_dir=str(out))
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+def _manifest(out: Path):
+    return pq.read_table(out / "manifest.parquet")
+
+
+def test_every_sample_row_ends_with_the_expected_status(demo_build):
+    with open(REPO / "sample" / "expected.csv") as f:
+        expected = {(ADAPTER_SOURCE[r["adapter"]], r["source_record_id"]): r["expected_status"] for r in csv.DictReader(f)}
+    rows = _manifest(demo_build).select(["source", "source_record_id", "status", "keep", "drop_reason"]).to_pylist()
+    got = {(r["source"], r["source_record_id"]): r["status"] for r in rows}
+    assert len(rows) == len(got) == len(expected) == 200
+    assert got == expected
+    for r in rows:  # keep/drop_reason agree with the status: a dropped row always says why
+        assert r["keep"] == (r["status"] == "ok")
+        assert (r["drop_reason"] is None) == r["keep"]
+
+
+def test_kept_rows_point_at_their_image_in_a_shard(demo_build):
+    con = duckdb.connect()
+    kept = con.sql(f"SELECT shard, key, image_sha256, license, attribution FROM '{demo_build}/manifest.parquet' WHERE keep")
+    import webdataset as wds
+
+    by_shard: dict[str, set[str]] = {}
+    for shard, key, sha, license_, attribution in kept.fetchall():
+        assert shard and key and len(sha) == 64 and license_ and attribution
+        by_shard.setdefault(shard, set()).add(key)
+    for shard, keys in by_shard.items():
+        found = {s["__key__"]: s for s in wds.WebDataset(str(demo_build / shard), shardshuffle=False)}
+        assert keys <= set(found), f"{shard} lacks {keys - set(found)}"
+        sample = found[sorted(keys)[0]]
+        assert sample["jpg"][:2] == b"\xff\xd8" and b"sample_id" in sample["json"] and b"license" in sample["json"]
+
+
+def test_rerun_reuses_finished_shards_and_keeps_ids(demo_build):
+    markers = sorted((demo_build / "download").glob("*.done.json"))
+    assert len(markers) >= 3
+    before = {p: p.read_text() for p in markers}
+    tars = {p: p.stat().st_mtime_ns for p in (demo_build / "download").glob("*.tar")}
+    ids_before = _manifest(demo_build)["sample_id"].to_pylist()
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        build_plantmix(recipe=RECIPE, output_dir=str(demo_build))
+    finally:
+        os.chdir(cwd)
+    assert {p: p.read_text() for p in markers} == before  # no shard was redone
+    assert {p: p.stat().st_mtime_ns for p in tars} == tars
+    assert _manifest(demo_build)["sample_id"].to_pylist() == ids_before
+
+
+def test_main_prints_summary_and_example_query(demo_build, capsys):
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        assert main(["--recipe", RECIPE, "--output-dir", str(demo_build)]) == 0
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr().out
+    assert "200 candidates = 174 ok + 17 rejected + 6 failed_download + 2 opted_out + 1 failed_decode" in out
+    assert "plantmix sql" in out and "general_pool" in out
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_dask_cluster_gives_the_same_manifest(demo_build, tmp_path):
+    """Scheduler and two workers as separate processes on 127.0.0.1, via prefect-dask's DaskTaskRunner."""
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    logs = open(tmp_path / "dask.log", "w")
+    scheduler = subprocess.Popen(
+        [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        cwd=REPO, stdout=logs, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    workers = subprocess.Popen(
+        [bin_dir / "dask", "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2", "--nthreads", "2",
+         "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", "4GiB"],
+        cwd=REPO, stdout=logs, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        from distributed import Client
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            worker_pids = set(client.run(os.getpid).values())
+        assert os.getpid() not in worker_pids and len(worker_pids) == 2
+        out = tmp_path / "build"
+        cwd = os.getcwd()
+        os.chdir(REPO)
+        try:
+            build_plantmix(recipe=RECIPE, output_dir=str(out), dask_address=f"tcp://127.0.0.1:{port}")
+        finally:
+            os.chdir(cwd)
+        markers = [p.read_text() for p in (out / "download").glob("*.done.json")]
+        assert markers and all('"host"' in m for m in markers)
+        assert _manifest(out).equals(_manifest(demo_build))
+    finally:
+        for proc in (workers, scheduler):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        logs.close()
+        time.sleep(0.5)
