@@ -1,0 +1,65 @@
+"""`python -m dalip.evaluate`: zero-shot JSON from a folder tree and from a manifest's held-out taxa."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import class_names, pattern_image, write_dataset
+from PIL import Image
+
+from dalip.evaluate import heldout_taxa, main
+from dalip.train import main as train_main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("eval")
+    manifest = write_dataset(root, n_shards=2, per_shard=16)
+    summary = train_main([
+        "--manifest", str(manifest), "--output-dir", str(root / "run"), "--model", "DALIP-Tiny",
+        "--batch-size", "8", "--max-steps", "2", "--warmup", "1", "--precision", "fp32", "--workers", "0",
+        "--mbdc-dim", "6",
+    ])  # fmt: skip
+    return summary["checkpoint"]
+
+
+def test_folder_tree_gives_top1_top5_for_f_z_and_both(checkpoint: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    names = class_names()[:7]
+    for name in names:
+        folder = tmp_path / "classes" / name.replace(" ", "_")
+        folder.mkdir(parents=True)
+        for j in range(3):
+            Image.fromarray(pattern_image(*name.split(), rng).astype(np.uint8)).save(folder / f"{j}.png")
+    out = tmp_path / "zs.json"
+    report = main(["--checkpoint", checkpoint, "--classes", str(tmp_path / "classes"), "--output", str(out),
+                   "--score", "f"])  # fmt: skip
+    assert json.loads(out.read_text()) == report
+    assert report["num_classes"] == 7 and report["num_images"] == 21 and report["model"] == "DALIP-Tiny"
+    assert set(report["results"]) == {"f", "z", "both"}
+    assert report["top1"] == report["results"]["f"]["top1"]
+    for r in report["results"].values():
+        assert 0 <= r["top1"] <= r["top5"] <= 100
+        assert r["top1"] * 21 / 100 == pytest.approx(round(r["top1"] * 21 / 100))  # a whole number of hits
+    # lambdas (1, 0) and (0, 1) turn the combined score into f alone and z alone.
+    only_f = main(["--checkpoint", checkpoint, "--classes", str(tmp_path / "classes"), "--lambdas", "1", "0"])
+    only_z = main(["--checkpoint", checkpoint, "--classes", str(tmp_path / "classes"), "--lambdas", "0", "1"])
+    assert only_f["results"]["both"] == only_f["results"]["f"] == report["results"]["f"]
+    assert only_z["results"]["both"] == only_z["results"]["z"] == report["results"]["z"]
+
+
+def test_manifest_heldout_taxa(checkpoint: str, tmp_path: Path) -> None:
+    names = class_names()
+    held = (names.index("teal striped"), names.index("violet spotted"))
+    dropped = tuple(i for i in range(40) if i % len(names) in held)  # every row of two taxa is dropped
+    manifest = write_dataset(tmp_path, n_shards=2, per_shard=20, dropped=dropped)
+    assert heldout_taxa(manifest) == ["teal striped", "violet spotted"]
+    report = main(["--checkpoint", checkpoint, "--manifest", str(manifest), "--templates", "simple"])
+    assert report["num_classes"] == 2 and report["num_images"] == len(dropped)
+    assert report["results"]["both"]["top5"] == 100.0  # two classes: the answer is always in the top 5
+    explicit = main(["--checkpoint", checkpoint, "--manifest", str(manifest), "--taxa", "crimson striped",
+                     "olive banded", "orange checkered"])  # fmt: skip
+    assert explicit["num_classes"] == 3 and explicit["num_images"] == 6

@@ -1,0 +1,104 @@
+"""`python -m dalip.train` end to end on tiny shards: the loss falls, resume is exact, torchrun DDP runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_dataset
+
+from dalip.checkpoint import load_checkpoint
+from dalip.train import lr_factor, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _args(manifest: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--manifest", str(manifest), "--output-dir", str(out), "--model", "DALIP-Tiny", "--epochs", "3",
+        "--batch-size", "16", "--lr", "2e-3", "--wd", "0.05", "--warmup", "3", "--precision", "fp32",
+        "--workers", "2", "--seed", "3", "--mbdc-dim", "8", "--shuffle-buffer", "64", "--save-every", "100",
+        *extra,
+    ]  # fmt: skip
+
+
+def _losses(out: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "step" in r}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("train"), n_shards=4, per_shard=32, corrupt=(9,), dropped=(4,))
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
+    factors = [lr_factor(s, warmup=4, total=20) for s in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:], strict=False))
+    assert lr_factor(20, 4, 20) == pytest.approx(0.0)
+
+
+def test_twenty_steps_lower_the_loss_and_resume_reproduces_the_curve(shards: Path, tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    summary = main(_args(shards, full, "--max-steps", "20"))
+    assert summary["step"] == 20 and summary["total_steps"] == 3 * (126 // 16)
+    losses = _losses(full)
+    assert sorted(losses) == list(range(1, 21))
+    assert all(math.isfinite(v) for v in losses.values())
+    first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (18, 19, 20)) / 3
+    assert last < first - 0.1, (first, last)
+    records = (full / "metrics.jsonl").read_text()
+    assert '"event": "epoch_end"' in records and '"corrupt_images": 1' in records
+
+    # Stop after 10 steps (mid-epoch 2 of 3), then resume from the latest checkpoint.
+    split = tmp_path / "split"
+    main(_args(shards, split, "--max-steps", "10"))
+    assert (split / "checkpoints" / "latest.txt").read_text().strip() == "step_00000010.pt"
+    main(_args(shards, split, "--max-steps", "20", "--resume", "latest"))
+    assert _losses(split) == losses  # exact float equality, step by step
+
+    a = load_checkpoint(full / "checkpoints" / "step_00000020.pt")
+    b = load_checkpoint(split / "checkpoints" / "step_00000020.pt")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert a["scheduler"] == b["scheduler"] and a["config"]["model"] == "DALIP-Tiny"
+    assert set(a) >= {"model", "optimizer", "scheduler", "scaler", "step", "config", "rng"}
+
+
+def test_bad_arguments_fail_clearly(shards: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        main(_args(shards, tmp_path / "big", "--batch-size", "1000"))
+    with pytest.raises(FileNotFoundError, match="latest"):
+        main(_args(shards, tmp_path / "nothing", "--resume", "latest"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_processes_with_gloo(shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), "-m", "dalip.train",
+        *_args(shards, out, "--max-steps", "6", "--workers", "1", "--batch-size", "8", "--save-every", "3"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    losses = _losses(out)
+    assert sorted(losses) == list(range(1, 7)) and all(math.isfinite(v) for v in losses.values())
+    ckpt = load_checkpoint(out / "checkpoints" / "step_00000006.pt")
+    assert ckpt["steps_per_epoch"] == 126 // (8 * 2)  # the epoch is split over two ranks
+    assert len(ckpt["rng"]) == 2  # one RNG state per rank
+    assert ckpt["model"]["clip.logit_scale"].isfinite()

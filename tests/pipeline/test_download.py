@@ -1,0 +1,152 @@
+"""Download stage against a real loopback HTTP host: statuses, politeness, resumability."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import build, shard_worker
+from pipeline.download import DownloadError
+from tests.http_host import ImageHost
+from tests.pipeline.helpers import candidates, recipe_with
+
+
+def run_all(recipe):
+    shards = build.plan(recipe)
+    for shard in shards:
+        build.download(recipe, shard)
+    return build.finalize(recipe, shards)
+
+
+def statuses(result) -> dict[str, tuple[str, str | None]]:
+    rows = pq.read_table(result["manifest"], columns=["url", "status", "error"]).to_pylist()
+    return {r["url"].rsplit("/", 2)[-2] + "/" + r["url"].rsplit("/", 1)[-1]: (r["status"], r["error"]) for r in rows}
+
+
+def test_every_failure_kind_gets_its_own_status(tmp_path):
+    robots = "User-agent: plantmix\nDisallow: /private/\n\nUser-agent: *\nDisallow:\n"
+    with ImageHost(robots=robots, slow_seconds=4) as host:
+        paths = ["img/1.jpg", "img/2.jpg", "img/missing.jpg", "x/garbage.jpg", "optout/3.jpg",
+                 "private/4.jpg", "slow/5.jpg", "x/error500.jpg"]  # fmt: skip
+        urls = [f"{host.url}/{p}".replace("/x/", "/") for p in paths]
+        result = run_all(recipe_with(tmp_path, candidates(urls), timeout=1))
+        agents = {h.get("User-Agent", "") for _, _, h in host.requests}
+    got = {k.split("/")[-1]: v[0] for k, v in statuses(result).items()}
+    assert got == {
+        "1.jpg": "ok", "2.jpg": "ok", "missing.jpg": "failed_download", "garbage.jpg": "failed_decode",
+        "3.jpg": "opted_out", "4.jpg": "robots_disallowed", "5.jpg": "failed_download", "error500.jpg": "failed_download",
+    }  # fmt: skip
+    errors = {k.split("/")[-1]: v[1] for k, v in statuses(result).items()}
+    assert "404" in errors["missing.jpg"] and "500" in errors["error500.jpg"]
+    assert "timed out" in errors["5.jpg"].lower()
+    assert "robots.txt" in errors["4.jpg"] and "X-Robots-Tag" in errors["3.jpg"]
+    assert "/private/4.jpg" not in host.paths()  # disallowed URLs are never requested
+    assert all("plantmix" in a for a in agents), agents  # our token is in every User-Agent
+    assert result["summary"]["candidates"] == 8 == sum(result["summary"]["by_status"].values())
+
+
+def test_robots_txt_is_ignored_only_when_the_recipe_says_so(tmp_path):
+    with ImageHost(robots="User-agent: *\nDisallow: /\n") as host:
+        urls = [f"{host.url}/img/{i}.jpg" for i in range(3)]
+        polite = run_all(recipe_with(tmp_path / "a", candidates(urls)))
+        rude = run_all(recipe_with(tmp_path / "b", candidates(urls), respect_robots_txt=False))
+    assert {s for s, _ in statuses(polite).values()} == {"robots_disallowed"}
+    assert {s for s, _ in statuses(rude).values()} == {"ok"}
+
+
+@pytest.mark.parametrize(("robots_status", "expected"), [(404, "ok"), (503, "robots_disallowed")])
+def test_robots_txt_http_errors_follow_rfc_9309(tmp_path, robots_status, expected):
+    with ImageHost(robots_status=robots_status) as host:
+        result = run_all(recipe_with(tmp_path, candidates([f"{host.url}/img/1.jpg"])))
+    assert [s for s, _ in statuses(result).values()] == [expected]
+
+
+def test_per_host_rate_limit_spaces_requests(tmp_path):
+    with ImageHost() as host:
+        urls = [f"{host.url}/img/{i}.jpg" for i in range(12)]
+        run_all(recipe_with(tmp_path, candidates(urls), shard_size=12, thread_count=8,
+                            max_requests_per_host_per_second=8))  # fmt: skip
+        times = sorted(t for t, p, _ in host.requests if p.startswith("/img/"))
+    assert len(times) == 12
+    # 12 requests at 8/s: the first goes at once, the last no earlier than 11/8 s later (small clock slack).
+    assert times[-1] - times[0] >= 11 / 8 - 0.05
+
+
+def test_rerun_skips_finished_shards(tmp_path):
+    with ImageHost() as host:
+        recipe = recipe_with(tmp_path, candidates([f"{host.url}/img/{i}.jpg" for i in range(20)]), shard_size=8)
+        run_all(recipe)
+        first = len(host.requests)
+        run_all(recipe)
+        assert len(host.requests) == first  # nothing fetched twice
+
+
+def test_a_failed_shard_leaves_no_output_and_a_rerun_completes_it(tmp_path, monkeypatch):
+    with ImageHost() as host:
+        recipe = recipe_with(tmp_path, candidates([f"{host.url}/img/{i}.jpg" for i in range(10)]), shard_size=5)
+        real = shard_worker.run_in_worker
+        calls = []
+
+        def dies_once(job, log):
+            calls.append(job)
+            if len(calls) == 2:
+                raise shard_worker.WorkerDied("simulated crash")
+            return real(job, log)
+
+        monkeypatch.setattr(shard_worker, "run_in_worker", dies_once)
+        shards = build.plan(recipe)
+        build.download(recipe, shards[0])
+        with pytest.raises(DownloadError, match="simulated crash"):
+            build.download(recipe, shards[1])
+        out = tmp_path / "build" / "download"
+        assert not (out / "00001.tar").exists() and not (out / "00001.done.json").exists()
+        result = run_all(recipe)
+    table = pq.read_table(result["manifest"])
+    assert table.num_rows == 10 and len(set(table["sample_id"].to_pylist())) == 10
+    assert set(table["status"].to_pylist()) == {"ok"}
+
+
+def test_killing_the_download_process_mid_shard_loses_nothing(tmp_path):
+    """SIGKILL the child running img2dataset half-way through a slow shard; the rerun completes it."""
+    with ImageHost(slow_seconds=0.3) as host:
+        urls = [f"{host.url}/slow/{i}.jpg" for i in range(12)]
+        recipe = recipe_with(tmp_path, candidates(urls), shard_size=12, thread_count=1, timeout=5)
+        shards = build.plan(recipe)
+        errors = []
+
+        def attempt():
+            try:
+                build.download(recipe, shards[0])
+            except DownloadError as err:
+                errors.append(err)
+
+        thread = threading.Thread(target=attempt)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while len(host.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        children = [p for p in psutil.Process().children(recursive=True) if "pipeline.shard_worker" in p.cmdline()]
+        assert children, "no shard worker process found"
+        for child in children:
+            os.kill(child.pid, signal.SIGKILL)
+        thread.join(timeout=60)
+        assert errors and "exited" in str(errors[0])
+        out = tmp_path / "build" / "download"
+        assert not (out / "00000.done.json").exists() and not (out / "00000.tar").exists()
+        result = run_all(recipe)
+    table = pq.read_table(result["manifest"])
+    assert table.num_rows == 12 and len(set(table["sample_id"].to_pylist())) == 12
+    assert set(table["status"].to_pylist()) == {"ok"}
+
+
+def test_plan_is_stable_across_reruns(tmp_path):
+    recipe = recipe_with(tmp_path, candidates([f"http://127.0.0.1:9/img/{i}.jpg" for i in range(20)]))
+    first = build.plan(recipe)
+    (tmp_path / "build" / "download" / "plan" / "_plan.json").unlink()
+    assert build.plan(recipe) == first
