@@ -36,8 +36,14 @@ def make_images(folder: Path, n: int, size: int) -> None:
     base = np.linspace(0, 255, size, dtype=np.float32)
     for i in range(n):
         r, g, b = rng.integers(0, 255, 3)
-        img = np.stack([(base[None, :] + r) % 256 + 0 * base[:, None], (base[:, None] + g) % 256 + 0 * base[None, :],
-                        np.full((size, size), b, np.float32)], axis=-1)
+        img = np.stack(
+            [
+                (base[None, :] + r) % 256 + 0 * base[:, None],
+                (base[:, None] + g) % 256 + 0 * base[None, :],
+                np.full((size, size), b, np.float32),
+            ],
+            axis=-1,
+        )
         Image.fromarray(img.astype(np.uint8)).save(folder / f"{i}.jpg", quality=90)
 
 
@@ -52,12 +58,24 @@ def run_bare(url_file: Path, out: Path, cfg: DownloadConfig, processes: int) -> 
 
     start = time.perf_counter()
     download(
-        url_list=str(url_file), input_format="parquet", url_col="url", caption_col="caption",
-        output_format="webdataset", output_folder=str(out), image_size=cfg.image_size,
-        resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
-        encode_quality=cfg.encode_quality, thread_count=cfg.thread_count, processes_count=processes,
-        number_sample_per_shard=cfg.shard_size, timeout=cfg.timeout, retries=cfg.retries,
-        extract_exif=False, save_additional_columns=["sample_id"], user_agent_token=cfg.user_agent_token,
+        url_list=str(url_file),
+        input_format="parquet",
+        url_col="url",
+        caption_col="caption",
+        output_format="webdataset",
+        output_folder=str(out),
+        image_size=cfg.image_size,
+        resize_mode=cfg.resize_mode,
+        resize_only_if_bigger=cfg.resize_only_if_bigger,
+        encode_quality=cfg.encode_quality,
+        thread_count=cfg.thread_count,
+        processes_count=processes,
+        number_sample_per_shard=cfg.shard_size,
+        timeout=cfg.timeout,
+        retries=cfg.retries,
+        extract_exif=False,
+        save_additional_columns=["sample_id"],
+        user_agent_token=cfg.user_agent_token,
     )
     return time.perf_counter() - start
 
@@ -89,28 +107,40 @@ def main(argv: list[str] | None = None) -> None:
         base = queue.get(timeout=60)
         urls = [f"{base}{i}.jpg" for i in range(args.images)]
         ids = [schema.sample_id_for("bench", u) for u in urls]
-        pq.write_table(pa.table({"url": urls, "caption": [f"image {i}" for i in range(args.images)], "sample_id": ids}),
-                       work / "urls.parquet")
-        cfg = DownloadConfig(image_size=224, shard_size=args.shard_size, thread_count=args.threads,
-                             max_requests_per_host_per_second=0)
-        rows = [dict(sample_id=i, source="bench", domain="general", url=u, caption="c", status="pending",
-                     license="cc0-1.0") for i, u in zip(ids, urls)]
-        recipe = Recipe(name="bench", output_dir=str(work / "ours"), sources=[SourceSpec("bench", "url_caption_pool")],
-                        download=cfg)
-        write_parquet(pa.Table.from_pylist(rows, schema=schema.CANDIDATE_SCHEMA), work / "ours" / "crawl" / "bench.parquet")
+        pq.write_table(
+            pa.table({"url": urls, "caption": [f"image {i}" for i in range(args.images)], "sample_id": ids}),
+            work / "urls.parquet",
+        )
+        cfg = DownloadConfig(
+            image_size=224, shard_size=args.shard_size, thread_count=args.threads, max_requests_per_host_per_second=0
+        )
+        rows = [
+            dict(sample_id=i, source="bench", domain="general", url=u, caption="c", status="pending", license="cc0-1.0")
+            for i, u in zip(ids, urls, strict=True)
+        ]
+        recipe = Recipe(
+            name="bench", output_dir=str(work / "ours"), sources=[SourceSpec("bench", "url_caption_pool")], download=cfg
+        )
+        write_parquet(
+            pa.Table.from_pylist(rows, schema=schema.CANDIDATE_SCHEMA), work / "ours" / "crawl" / "bench.parquet"
+        )
 
         bare_s = run_bare(work / "urls.parquet", work / "bare", cfg, args.processes)
         ours_s = run_ours(recipe, args.processes)
         stop.set()
         server.join(timeout=10)
         ok = pq.read_table(work / "ours" / "manifest.parquet", columns=["status"])["status"].to_pylist().count("ok")
-        bare_ok = sum(pq.read_table(p, columns=["status"])["status"].to_pylist().count("success")
-                      for p in (work / "bare").glob("*.parquet"))
+        bare_ok = sum(
+            pq.read_table(p, columns=["status"])["status"].to_pylist().count("success")
+            for p in (work / "bare").glob("*.parquet")
+        )
         ours_ips, bare_ips = args.images / ours_s, args.images / bare_s
         print(f"bare img2dataset: {args.images} urls in {bare_s:.1f}s = {bare_ips:.0f} images/s ({bare_ok} ok)")
         print(f"ours            : {args.images} urls in {ours_s:.1f}s = {ours_ips:.0f} images/s ({ok} ok)")
-        print(f"RESULT download ratio={ours_ips / bare_ips:.2f} ours_ips={ours_ips:.0f} bare_ips={bare_ips:.0f} "
-              f"images={args.images} threads={args.threads} processes={args.processes}")
+        print(
+            f"RESULT download ratio={ours_ips / bare_ips:.2f} ours_ips={ours_ips:.0f} bare_ips={bare_ips:.0f} "
+            f"images={args.images} threads={args.threads} processes={args.processes}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

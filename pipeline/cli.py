@@ -29,7 +29,7 @@ def _print(rel: duckdb.DuckDBPyRelation, fmt: str) -> None:
             print(",".join("" if v is None else str(v) for v in row))
     else:
         for row in rel.fetchall():
-            print(json.dumps(dict(zip(rel.columns, row)), default=str))
+            print(json.dumps(dict(zip(rel.columns, row, strict=True)), default=str))
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

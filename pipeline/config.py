@@ -121,7 +121,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return float(value)
     if hint is float and value in ("inf", ".inf"):
         return math.inf
-    if hint in (int, str, bool) and not (type(value) is hint):
+    if hint in (int, str, bool) and type(value) is not hint:
         raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
 

@@ -72,9 +72,7 @@ def rewrite_url(url: str, rules: dict[str, str]) -> str:
     return url
 
 
-def download_shard(
-    plan_dir: Path, out_dir: Path, shard: dict[str, Any], config: DownloadConfig
-) -> dict[str, Any]:
+def download_shard(plan_dir: Path, out_dir: Path, shard: dict[str, Any], config: DownloadConfig) -> dict[str, Any]:
     """Download one planned shard with img2dataset; skipped when its marker exists."""
     stage = StageDir(out_dir)
     name = shard_name(shard["shard_id"])
@@ -91,14 +89,13 @@ def download_shard(
             writer.write_table(table)
         _run_isolated(config, tmp, shard["shard_id"], input_file)
         input_file.unlink(missing_ok=True)
-        results = pq.read_table(tmp / f"{name}.parquet", columns=["sample_id", "status", "error_message"])
+        results = shard_results(tmp, shard["shard_id"])
         if results.num_rows != table.num_rows:
             raise DownloadError(
                 f"shard {name}: img2dataset reported {results.num_rows} rows for {table.num_rows} planned rows"
             )
-        statuses = [classify(s, e) for s, e in zip(results["status"].to_pylist(), results["error_message"].to_pylist())]
         counts: dict[str, int] = {}
-        for status, _ in statuses:
+        for status in results["status"].to_pylist():
             counts[status] = counts.get(status, 0) + 1
         return {"rows": table.num_rows, "status": dict(sorted(counts.items()))}
 
@@ -191,8 +188,10 @@ def shard_results(out_dir: Path, shard_id: int) -> pa.Table:
     name = shard_name(shard_id)
     cols = ["sample_id", "key", "status", "error_message", "width", "height", "original_width", "original_height"]
     table = pq.read_table(out_dir / f"{name}.parquet", columns=[*cols, "sha256"])
-    mapped = [classify(s, e) for s, e in zip(table["status"].to_pylist(), table["error_message"].to_pylist())]
+    i2d = zip(table["status"].to_pylist(), table["error_message"].to_pylist(), strict=True)
+    mapped = [classify(status, error) for status, error in i2d]
     ok = [status == schema.STATUS_OK for status, _ in mapped]
+    keys = [key if k else None for key, k in zip(table["key"].to_pylist(), ok, strict=True)]
     return pa.table(
         {
             "sample_id": table["sample_id"],
@@ -204,11 +203,6 @@ def shard_results(out_dir: Path, shard_id: int) -> pa.Table:
             "original_width": table["original_width"].cast(pa.int32()),
             "original_height": table["original_height"].cast(pa.int32()),
             "shard": pa.array([f"download/{name}.tar" if k else None for k in ok], pa.string()),
-            "key": pa.array([key if k else None for key, k in zip(table["key"].to_pylist(), ok)], pa.string()),
+            "key": pa.array(keys, pa.string()),
         }
     )
-
-
-def shard_stats_json(out_dir: Path, shard_id: int) -> dict[str, Any]:
-    return json.loads((out_dir / f"{shard_name(shard_id)}_stats.json").read_text())
-

@@ -7,8 +7,6 @@ import socket
 import tempfile
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 
 # Before anything imports albumentations / huggingface_hub / prefect.

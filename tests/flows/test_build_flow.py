@@ -38,7 +38,9 @@ def _manifest(out: Path):
 
 def test_every_sample_row_ends_with_the_expected_status(demo_build):
     with open(REPO / "sample" / "expected.csv") as f:
-        expected = {(ADAPTER_SOURCE[r["adapter"]], r["source_record_id"]): r["expected_status"] for r in csv.DictReader(f)}
+        expected = {
+            (ADAPTER_SOURCE[r["adapter"]], r["source_record_id"]): r["expected_status"] for r in csv.DictReader(f)
+        }
     rows = _manifest(demo_build).select(["source", "source_record_id", "status", "keep", "drop_reason"]).to_pylist()
     got = {(r["source"], r["source_record_id"]): r["status"] for r in rows}
     assert len(rows) == len(got) == len(expected) == 200
@@ -50,7 +52,9 @@ def test_every_sample_row_ends_with_the_expected_status(demo_build):
 
 def test_kept_rows_point_at_their_image_in_a_shard(demo_build):
     con = duckdb.connect()
-    kept = con.sql(f"SELECT shard, key, image_sha256, license, attribution FROM '{demo_build}/manifest.parquet' WHERE keep")
+    kept = con.sql(
+        f"SELECT shard, key, image_sha256, license, attribution FROM '{demo_build}/manifest.parquet' WHERE keep"
+    )
     import webdataset as wds
 
     by_shard: dict[str, set[str]] = {}

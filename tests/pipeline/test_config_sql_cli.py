@@ -28,7 +28,10 @@ def write(tmp_path, data) -> str:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"sources": [{"name": "a", "adapter": "p", "option": {}}]}, r"recipe\.sources\[0\]: unknown key\(s\) \['option'\]"),
+        (
+            {"sources": [{"name": "a", "adapter": "p", "option": {}}]},
+            r"recipe\.sources\[0\]: unknown key\(s\) \['option'\]",
+        ),
         ({"download": {"shard_size": "big"}}, r"recipe\.download\.shard_size: expected int, got 'big'"),
         ({"caption_style": "fancy"}, r"caption_style: expected one of"),
         ({"sources": []}, r"sources: expected at least one source"),

@@ -40,7 +40,8 @@ def test_every_failure_kind_gets_its_own_status(tmp_path):
     got = {k.split("/")[-1]: v[0] for k, v in statuses(result).items()}
     assert got == {
         "1.jpg": "ok", "2.jpg": "ok", "missing.jpg": "failed_download", "garbage.jpg": "failed_decode",
-        "3.jpg": "opted_out", "4.jpg": "robots_disallowed", "5.jpg": "failed_download", "error500.jpg": "failed_download",
+        "3.jpg": "opted_out", "4.jpg": "robots_disallowed", "5.jpg": "failed_download",
+        "error500.jpg": "failed_download",
     }  # fmt: skip
     errors = {k.split("/")[-1]: v[1] for k, v in statuses(result).items()}
     assert "404" in errors["missing.jpg"] and "500" in errors["error500.jpg"]
