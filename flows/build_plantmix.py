@@ -1,4 +1,4 @@
-"""The ``build-plantmix`` flow: crawl every source, download the shards, write the manifest.
+"""The ``build-plantmix`` flow: crawl every source, download and embed the shards, write the judged manifest.
 
 Each step is a task wrapping one ``pipeline.build`` function. Download shards are mapped, so the
 task runner decides where they run: threads on this machine by default, or a ``dask.distributed``
@@ -53,6 +53,18 @@ def download_task(recipe: Recipe, shard: dict[str, Any]) -> dict[str, Any]:
     return build.download(recipe, shard)
 
 
+@task(
+    name="embed-shard",
+    task_run_name="embed-{shard[shard_id]}",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=transient_only,
+)
+def embed_task(recipe: Recipe, shard: dict[str, Any], downloaded: dict[str, Any]) -> dict[str, Any]:
+    """``downloaded`` (the shard's download record) makes each embed wait for its own shard only."""
+    return build.embed(recipe, shard)
+
+
 @task(name="write-manifest")
 def finalize_task(recipe: Recipe, shards: list[dict[str, Any]]) -> dict[str, Any]:
     return build.finalize(recipe, shards)
@@ -63,7 +75,10 @@ def build_stages(recipe: Recipe) -> dict[str, Any]:
     crawl_task.map(recipe=unmapped(recipe), spec=recipe.sources).result()
     with build.sample_hosting(recipe) as hosted:
         shards = plan_task(hosted)
-        download_task.map(recipe=unmapped(hosted), shard=shards).result()
+        downloaded = download_task.map(recipe=unmapped(hosted), shard=shards)
+        embedded = embed_task.map(recipe=unmapped(recipe), shard=shards, downloaded=downloaded)
+        downloaded.result()  # the sample host stays up until every shard is fetched
+    embedded.result()
     return finalize_task(recipe, shards)
 
 

@@ -12,12 +12,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import numpy as np
+
 from pipeline import __version__, schema
 from pipeline.config import Recipe, recipe_to_dict
 from pipeline.crawl import candidate_files, crawl_source
 from pipeline.download import download_shard, plan_shards
+from pipeline.embed import embed_shard, scores_table
+from pipeline.filter import top_fraction_thresholds
 from pipeline.io import read_parquets, write_json
-from pipeline.manifest import merge_manifest, write_manifest
+from pipeline.manifest import Scores, merge_manifest, write_manifest
 from pipeline.sample_server import SampleServer
 from pipeline.summary import summarize
 
@@ -52,12 +57,41 @@ def download(recipe: Recipe, shard: dict[str, Any]) -> dict[str, Any]:
     return download_shard(out / "download" / "plan", out / "download", shard, recipe.download)
 
 
-def finalize(recipe: Recipe, shards: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge crawl + download into the manifest, then write the summary and the build's provenance."""
+def embed(recipe: Recipe, shard: dict[str, Any]) -> dict[str, Any]:
+    """CLIP embeddings and scores for one downloaded shard (no-op when the recipe has no embed stage)."""
+    if recipe.embed is None:
+        return {"skipped": "no embed stage in the recipe"}
+    return embed_shard(build_dir(recipe), shard["shard_id"], recipe.embed)
+
+
+def clip_scores(recipe: Recipe, shard_ids: list[int]) -> Scores | None:
+    """Read every shard's scores and reduce the per-domain top-fraction thresholds."""
+    if recipe.embed is None:
+        return None
     out = build_dir(recipe)
-    table = merge_manifest(candidate_files(recipe, out), out / "download", [s["shard_id"] for s in shards])
+    table = scores_table(out, shard_ids, recipe.embed)
+    con = duckdb.connect()
+    con.register("scores", table)
+    con.register("candidates", read_parquets(candidate_files(recipe, out), schema.CANDIDATE_SCHEMA))
+    rows = con.sql(
+        "SELECT c.domain, list(s.clip_score) FROM scores s JOIN candidates c USING (sample_id) GROUP BY 1"
+    ).fetchall()
+    by_domain = {domain: np.asarray(values, np.float32) for domain, values in rows}
+    thresholds = top_fraction_thresholds(by_domain, recipe.filter.clip_top_fraction)
+    return Scores(table.select(["sample_id", "clip_score"]), recipe.embed.model_id, thresholds)
+
+
+def finalize(recipe: Recipe, shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge crawl + download + scores into the judged manifest; write the summary and the provenance."""
+    out = build_dir(recipe)
+    shard_ids = [s["shard_id"] for s in shards]
+    scores = clip_scores(recipe, shard_ids)
+    table = merge_manifest(candidate_files(recipe, out), out / "download", shard_ids, scores, recipe.filter)
     manifest = write_manifest(table, out)
     summary = summarize(manifest)
+    if scores is not None:
+        summary["clip_model"] = scores.model
+        summary["clip_top_fraction_thresholds"] = scores.thresholds
     write_json(out / "summary.json", summary)
     write_json(
         out / "build.json",
@@ -75,4 +109,6 @@ def run_build(recipe: Recipe) -> dict[str, Any]:
         shards = plan(hosted)
         for shard in shards:
             download(hosted, shard)
+    for shard in shards:
+        embed(recipe, shard)
     return finalize(recipe, shards)

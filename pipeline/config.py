@@ -53,12 +53,61 @@ class DownloadConfig:
 
 
 @dataclass
+class EmbedConfig:
+    model: str = "ViT-B-16"  # open_clip model name
+    pretrained: str | None = "openai"  # open_clip pretrained tag, or a local checkpoint path (open_clip or DALIP)
+    random_init: bool = False  # no weights at all: seeded random init (tests and the offline demo only)
+    model_config: str | None = None  # extra open_clip model config JSON to register (custom / tiny models)
+    seed: int = 0  # init seed when random_init
+    batch_size: int = 256
+    workers: int = 2  # DataLoader worker processes decoding and preprocessing images
+    device: str | None = None  # "cuda", "cpu"; None = cuda when available
+    threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
+
+    def __post_init__(self) -> None:
+        if self.random_init == bool(self.pretrained):
+            raise RecipeError("embed: give exactly one of pretrained (tag or path) and random_init: true")
+
+    @property
+    def model_id(self) -> str:
+        """What ``clip_model`` records: name plus weights (tag, file name, or random seed)."""
+        weights = f"random-init-seed{self.seed}" if self.random_init else self.pretrained
+        return f"{self.model}:{weights}"
+
+
+@dataclass
+class FilterConfig:
+    """Quality rules applied when the manifest is written; the first failing rule names the drop_reason.
+
+    Order: min_image_side, max_aspect_ratio, caption_words, caption_chars, clip_score_min, clip_top_fraction.
+    """
+
+    min_image_side: int = 0  # shorter side of the original image, pixels
+    max_aspect_ratio: float = math.inf  # longer / shorter side of the original image
+    caption_min_words: int = 0
+    caption_max_words: int | None = None
+    caption_min_chars: int = 0
+    caption_max_chars: int | None = None
+    clip_score_min: float | None = None  # absolute cosine(image, text) threshold
+    # Per domain, keep the top fraction by CLIP score (DataComp style): the fraction becomes one threshold over
+    # every scored row of that domain, then applies row by row. E.g. {"plant": 0.7, "general": 0.3}.
+    clip_top_fraction: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for domain, fraction in self.clip_top_fraction.items():
+            if not 0 < fraction <= 1:
+                raise RecipeError(f"clip_top_fraction.{domain}: expected a fraction in (0, 1], got {fraction}")
+
+
+@dataclass
 class Recipe:
     name: str  # build name, also the deployment name
     output_dir: str  # build folder; relative paths are relative to the current directory
     sources: list[SourceSpec]
     caption_style: str = "dalip"  # one of CAPTION_STYLES
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    embed: EmbedConfig | None = None  # CLIP embeddings + scores per shard; None = stage off
+    filter: FilterConfig = field(default_factory=FilterConfig)  # quality and CLIP-score rules
     serve_sample: str | None = None  # folder served on loopback during the build (bundled offline sample)
     sample_host: str = "http://sample.plantmix.invalid/"  # URL prefix the sample's exports use
     later_stages: dict[str, Any] = field(default_factory=dict)  # placeholders for stages not built yet
@@ -72,6 +121,8 @@ class Recipe:
             raise RecipeError("sources: expected at least one source")
         if len(set(names)) != len(names):
             raise RecipeError(f"sources: names must be unique, got {names}")
+        if self.embed is None and (self.filter.clip_score_min is not None or self.filter.clip_top_fraction):
+            raise RecipeError("filter: CLIP-score rules need the embed stage; add an `embed:` section")
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

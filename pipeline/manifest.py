@@ -8,24 +8,45 @@ every row has a final status.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from pipeline import schema
+from pipeline.config import FilterConfig
 from pipeline.download import shard_results
+from pipeline.filter import drop_reason_sql
 from pipeline.io import read_parquets, write_parquet
 
 MANIFEST_FILE = "manifest.parquet"
+
+
+@dataclass
+class Scores:
+    """The embed stage's output as the merge needs it."""
+
+    table: pa.Table  # sample_id, clip_score for every embedded row
+    model: str  # the clip_model id that produced them
+    thresholds: dict[str, float]  # per-domain top-fraction thresholds (already reduced)
 
 
 class ManifestError(RuntimeError):
     """The merged manifest broke an invariant (lost or duplicated rows); nothing was written."""
 
 
-def merge_manifest(candidate_files: list[Path], download_dir: Path, shard_ids: list[int]) -> pa.Table:
-    """Candidates (crawl order) left-joined with each pending row's download outcome."""
+def merge_manifest(
+    candidate_files: list[Path],
+    download_dir: Path,
+    shard_ids: list[int],
+    scores: Scores | None = None,
+    rules: FilterConfig | None = None,
+) -> pa.Table:
+    """Candidates (crawl order) joined with each pending row's download outcome and CLIP score, then judged.
+
+    ``keep``/``drop_reason`` come from :mod:`pipeline.filter`'s rules: the first one a row fails wins.
+    """
     con = duckdb.connect()
     candidates = read_parquets(candidate_files, schema.CANDIDATE_SCHEMA)
     # An explicit row number keeps the crawl order (DuckDB scans in parallel).
@@ -36,6 +57,11 @@ def merge_manifest(candidate_files: list[Path], download_dir: Path, shard_ids: l
     if duplicated:
         raise ManifestError(f"download results hold some sample_ids more than once: {duplicated}")
     candidate_cols = [f.name for f in schema.CANDIDATE_FIELDS if f.name not in ("status", "error")]
+    score_table = scores.table if scores else pa.table({"sample_id": pa.array([], pa.string()),
+                                                         "clip_score": pa.array([], pa.float32())})  # fmt: skip
+    con.register("scores", score_table)
+    clip_model = "NULL" if scores is None else "'" + scores.model.replace("'", "''") + "'"
+    reason = drop_reason_sql(rules or FilterConfig(), scores.thresholds if scores else {})
     table = con.sql(
         f"""
         WITH merged AS (
@@ -46,14 +72,14 @@ def merge_manifest(candidate_files: list[Path], download_dir: Path, shard_ids: l
                      WHEN r.sample_id IS NULL THEN 'no result from the downloader for this row'
                      ELSE r.error END AS error,
                 r.image_sha256, r.width, r.height, r.original_width, r.original_height, r.shard, r.key,
+                CASE WHEN s.clip_score IS NULL THEN NULL ELSE {clip_model} END AS clip_model, s.clip_score,
                 c.rowid_ AS rowid_
             FROM candidates c
             LEFT JOIN results r ON c.status = '{schema.STATUS_PENDING}' AND r.sample_id = c.sample_id
-        )
-        SELECT * EXCLUDE (rowid_),
-            status = '{schema.STATUS_OK}' AS keep,
-            CASE WHEN status = '{schema.STATUS_OK}' THEN NULL ELSE status END AS drop_reason
-        FROM merged ORDER BY rowid_
+            LEFT JOIN scores s ON s.sample_id = r.sample_id
+        ), judged AS (SELECT *, {reason} AS drop_reason FROM merged)
+        SELECT * EXCLUDE (rowid_), drop_reason IS NULL AS keep
+        FROM judged ORDER BY rowid_
         """
     ).to_arrow_table()
     table = table.select(schema.MANIFEST_SCHEMA.names).cast(schema.MANIFEST_SCHEMA)

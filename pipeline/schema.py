@@ -72,13 +72,19 @@ DOWNLOAD_FIELDS = [
     pa.field("key", pa.string()),  # webdataset __key__ inside that shard
 ]
 
+# Columns the embed stage fills (scores come from the embedding sidecars beside each shard).
+SCORE_FIELDS = [
+    pa.field("clip_model", pa.string()),  # open_clip model name:weights that produced clip_score
+    pa.field("clip_score", pa.float32()),  # cosine(image embedding, caption embedding)
+]
+
 # The final decision; the first failing rule wins.
 DECISION_FIELDS = [
     pa.field("keep", pa.bool_(), nullable=False),
     pa.field("drop_reason", pa.string()),
 ]
 
-MANIFEST_SCHEMA = pa.schema(CANDIDATE_FIELDS + DOWNLOAD_FIELDS + DECISION_FIELDS)
+MANIFEST_SCHEMA = pa.schema(CANDIDATE_FIELDS + DOWNLOAD_FIELDS + SCORE_FIELDS + DECISION_FIELDS)
 
 
 def sample_id_for(source: str, record_id: str) -> str:

@@ -7,7 +7,17 @@ from pathlib import Path
 import duckdb
 
 VIEWS_FILE = Path(__file__).resolve().parent.parent / "manifests" / "sql" / "views.sql"
-VIEW_NAMES = ("samples", "kept", "by_source", "by_status", "licenses", "failures", "taxa")
+VIEW_NAMES = (
+    "samples",
+    "kept",
+    "by_source",
+    "by_status",
+    "licenses",
+    "failures",
+    "taxa",
+    "clip_scores",
+    "filter_stats",
+)
 
 
 def manifest_path(build_or_manifest: str | Path) -> str:

@@ -30,6 +30,9 @@ def summarize(manifest: Path) -> dict[str, Any]:
         "kept": con.sql("SELECT count(*) FROM m WHERE keep").fetchall()[0][0],
         "by_status": by_status,
         "by_source": grouped("SELECT source, status, count(*) FROM m GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"),
+        "by_rule": grouped(
+            "SELECT domain, coalesce(drop_reason, '(kept)'), count(*) FROM m GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"
+        ),
         "by_license": grouped(
             "SELECT coalesce(license, '(none)'), status, count(*) FROM m GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"
         ),
@@ -40,11 +43,18 @@ def summarize(manifest: Path) -> dict[str, Any]:
 
 
 def render(summary: dict[str, Any]) -> str:
-    lines = [f"candidates: {summary['candidates']}   kept (status ok): {summary['kept']}", "", "by status:"]
+    ok = summary["by_status"].get("ok", 0)
+    lines = [f"candidates: {summary['candidates']}   downloaded (status ok): {ok}   kept: {summary['kept']}"]
+    lines += ["", "by status:"]
     lines += [f"  {status:<20} {n:>8}" for status, n in summary["by_status"].items()]
     parts = " + ".join(f"{n} {s}" for s, n in summary["by_status"].items())
     lines.append(f"  {summary['candidates']} candidates = {parts}")
-    for title, key in (("by source", "by_source"), ("by license", "by_license")):
+    sections = (
+        ("by source", "by_source"),
+        ("by rule (first failing rule wins)", "by_rule"),
+        ("by license", "by_license"),
+    )
+    for title, key in sections:
         lines += ["", f"{title}:"]
         for name, counts in summary[key].items():
             detail = ", ".join(f"{s} {n}" for s, n in counts.items())

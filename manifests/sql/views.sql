@@ -41,3 +41,16 @@ CREATE OR REPLACE VIEW taxa AS
 SELECT taxonomy.family AS family, scientific_name, any_value(common_name) AS common_name,
        count(*) AS images
 FROM kept WHERE domain = 'plant' GROUP BY ALL ORDER BY images DESC, scientific_name;
+
+-- CLIP-score distribution per source (rows the embed stage scored).
+CREATE OR REPLACE VIEW clip_scores AS
+SELECT source, domain, any_value(clip_model) AS clip_model, count(clip_score) AS scored,
+       round(min(clip_score), 4) AS min, round(quantile_cont(clip_score, 0.1), 4) AS p10,
+       round(median(clip_score), 4) AS p50, round(quantile_cont(clip_score, 0.9), 4) AS p90,
+       round(max(clip_score), 4) AS max, round(avg(clip_score), 4) AS mean
+FROM samples WHERE clip_score IS NOT NULL GROUP BY ALL ORDER BY source;
+
+-- Rows each rule dropped, per domain (download statuses included: the first failing rule wins).
+CREATE OR REPLACE VIEW filter_stats AS
+SELECT domain, coalesce(drop_reason, '(kept)') AS rule, count(*) AS n
+FROM samples GROUP BY ALL ORDER BY domain, n DESC;

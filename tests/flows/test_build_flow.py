@@ -45,9 +45,14 @@ def test_every_sample_row_ends_with_the_expected_status(demo_build):
     got = {(r["source"], r["source_record_id"]): r["status"] for r in rows}
     assert len(rows) == len(got) == len(expected) == 200
     assert got == expected
-    for r in rows:  # keep/drop_reason agree with the status: a dropped row always says why
-        assert r["keep"] == (r["status"] == "ok")
+    for r in rows:  # a dropped row always says why; a failed download is never kept
         assert (r["drop_reason"] is None) == r["keep"]
+        if r["status"] != "ok":
+            assert r["drop_reason"] == r["status"]
+    reasons = {r["drop_reason"] for r in rows if r["status"] == "ok" and not r["keep"]}
+    assert reasons == {"clip_top_fraction"}  # the demo recipe's only rule that bites on this sample
+    general_ok = [r for r in rows if r["source"] == "general_pool" and r["status"] == "ok"]
+    assert sum(r["keep"] for r in general_ok) == 50  # top 90% of 55 scored general rows = ceil(49.5)
 
 
 def test_kept_rows_point_at_their_image_in_a_shard(demo_build):
@@ -69,8 +74,8 @@ def test_kept_rows_point_at_their_image_in_a_shard(demo_build):
 
 
 def test_rerun_reuses_finished_shards_and_keeps_ids(demo_build):
-    markers = sorted((demo_build / "download").glob("*.done.json"))
-    assert len(markers) >= 3
+    markers = sorted((demo_build / "download").glob("*.done.json")) + sorted((demo_build / "embed").glob("*.done.json"))
+    assert len(markers) >= 6
     before = {p: p.read_text() for p in markers}
     tars = {p: p.stat().st_mtime_ns for p in (demo_build / "download").glob("*.tar")}
     ids_before = _manifest(demo_build)["sample_id"].to_pylist()
