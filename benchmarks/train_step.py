@@ -1,14 +1,16 @@
 """Time per training step and peak memory: DALIP (MBDC heads + DALIP loss) against plain CLIP (open_clip's
-ClipLoss) on the same open_clip backbone, batch and optimizer (AdamW, fp32).
+ClipLoss) on the same open_clip backbone, batch and optimizer (AdamW, fp32; one full step = forward, loss,
+backward, optimizer step).
 
-Each (model, variant) measurement runs in its own child process, so the peak memory of one does not hide the
-other's; CLIP and DALIP children alternate and repeat, and the median step time is kept, so a busy machine
-penalises both alike. Peak memory is the CUDA allocator's peak on GPU, and on CPU the growth of the process's
-peak RSS over its RSS before the model was built. The last line reads
-``RESULT train_step ratio=<DALIP/CLIP throughput> ...`` for the last model listed (ViT-B-16 by default).
+Time: one child process holds both (DALIP wraps the very CLIP module, each with its own AdamW) and alternates
+CLIP and DALIP steps, so background load on a shared machine hits both alike; ms/step is the fastest of the
+timed steps (the least disturbed), the throughput ratio is ``min t_clip / min t_dalip``, and the median over
+rounds of ``t_clip / t_dalip`` is reported beside it. Memory: one child per variant, so neither hides the other's peak;
+the CUDA allocator's peak on GPU, and on CPU the growth of the process's peak RSS over its RSS before the model
+was built. The last line reads ``RESULT train_step ratio=<DALIP/CLIP throughput> ...`` for the last model.
 
     python benchmarks/train_step.py                       # DALIP-Tiny at batch 64, ViT-B-16 at batch 4
-    python benchmarks/train_step.py --models ViT-B-16 --batch-sizes 8 --steps 8
+    python benchmarks/train_step.py --models ViT-B-16 --batch-sizes 8 --rounds 8
 """
 
 from __future__ import annotations
@@ -34,12 +36,8 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def child(model_name: str, variant: str, batch_size: int, steps: int, warmup: int, mbdc_dim: int) -> dict[str, Any]:
-    """One measurement: build, warm up, time ``steps`` full training steps; report ms/step and peak memory."""
+def _setup(spec: dict[str, Any], variants: tuple[str, ...]) -> tuple[dict[str, Any], Any, float]:
+    """Build the backbone once and a ``step()`` closure per variant; returns them, the device and base RSS."""
     import open_clip
     import torch
 
@@ -51,76 +49,86 @@ def child(model_name: str, variant: str, batch_size: int, steps: int, warmup: in
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     base_rss = _rss_mb()
-    clip, _, _ = open_clip.create_model_and_transforms(model_name, device=device)
-    if variant == "dalip":
-        model = DalipModel(clip, MbdcConfig(dim=mbdc_dim)).to(device)
-        loss_fn = DalipLoss(alpha=0.5)
+    clip, _, _ = open_clip.create_model_and_transforms(spec["model"], device=device)
+    image = torch.randn(spec["batch_size"], 3, *clip.visual.image_size, device=device)
+    captions = [f"Plantae species {i}, commonly known as plant number {i}." for i in range(spec["batch_size"])]
+    text = open_clip.get_tokenizer(spec["model"])(captions).to(device)
+    steps = {}
+    for variant in variants:
+        if variant == "dalip":
+            mbdc = MbdcConfig(dim=spec["mbdc_dim"], hidden_dim=spec["mbdc_hidden"] or None)
+            model, dalip_loss = DalipModel(clip, mbdc).to(device).train(), DalipLoss(alpha=0.5)
 
-        def step_loss(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-            return loss_fn(model(image, text))["loss"]
-    else:
-        model, loss_fn = clip, open_clip.ClipLoss()
+            def loss_of(model=model, dalip_loss=dalip_loss):
+                return dalip_loss(model(image, text))["loss"]
+        else:
+            model, clip_loss = clip.train(), open_clip.ClipLoss()
 
-        def step_loss(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-            return loss_fn(*model(image, text))
+            def loss_of(model=model, clip_loss=clip_loss):
+                return clip_loss(*model(image, text))
 
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
-    size = clip.visual.image_size
-    image = torch.randn(batch_size, 3, *size, device=device)
-    captions = [f"Plantae species {i}, commonly known as plant number {i}." for i in range(batch_size)]
-    text = open_clip.get_tokenizer(model_name)(captions).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
+
+        def step(loss_of=loss_of, optimizer=optimizer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_of().backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        steps[variant] = (step, sum(p.numel() for p in model.parameters()))
+    return steps, device, base_rss
+
+
+def time_child(spec: dict[str, Any]) -> dict[str, Any]:
+    steps, device, _ = _setup(spec, ("clip", "dalip"))
+    times: dict[str, list[float]] = {"clip": [], "dalip": []}
+    for i in range(spec["warmup"] + spec["rounds"]):
+        order = ("clip", "dalip") if i % 2 == 0 else ("dalip", "clip")  # neither always goes first
+        for variant in order:
+            t0 = time.perf_counter()
+            steps[variant][0]()
+            if i >= spec["warmup"]:
+                times[variant].append(time.perf_counter() - t0)
+    paired = [c / d for c, d in zip(times["clip"], times["dalip"], strict=True)]
+    # The fastest step of each is its time with the least interference; the paired median is a cross-check.
+    return {"device": str(device), "ratio": min(times["clip"]) / min(times["dalip"]),
+            "ratio_paired_median": statistics.median(paired),
+            **{f"ms_{v}": 1000 * min(t) for v, t in times.items()},
+            **{f"ms_median_{v}": 1000 * statistics.median(t) for v, t in times.items()},
+            **{f"ms_all_{v}": [round(1000 * x, 1) for x in t] for v, t in times.items()},
+            **{f"params_{v}_m": s[1] / 1e6 for v, s in steps.items()}}  # fmt: skip
+
+
+def memory_child(spec: dict[str, Any], variant: str) -> dict[str, Any]:
+    import torch
+
+    steps, device, base_rss = _setup(spec, (variant,))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        step_loss(image, text).backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    for _ in range(2):  # the second step holds gradients, optimizer state and activations at once
+        steps[variant][0]()
     if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = _peak_rss_mb() - base_rss
-    n_params = sum(p.numel() for p in model.parameters())
-    return {"model": model_name, "variant": variant, "batch_size": batch_size, "device": str(device),
-            "ms_per_step": 1000 * statistics.median(times), "ms_all": [round(1000 * t, 1) for t in times],
-            "peak_mem_mb": peak_mb, "params_m": n_params / 1e6, "threads": torch.get_num_threads()}  # fmt: skip
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {"peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss}  # KiB on Linux
 
 
-def _run_child(args: argparse.Namespace, model: str, variant: str, batch_size: int) -> dict[str, Any]:
-    dim = args.mbdc_dim or DEFAULT_MBDC_DIM.get(model, 46)
-    cmd = [sys.executable, __file__, "--child", model, variant, str(batch_size), str(args.steps), str(args.warmup),
-           str(dim)]  # fmt: skip
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"{model}/{variant} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["mbdc_dim"] = dim if variant == "dalip" else None
-    return result
+        raise RuntimeError(f"benchmark child {spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def compare(args: argparse.Namespace, model: str, batch_size: int) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {"clip": [], "dalip": []}
-    for _ in range(args.repeats):
-        for variant in ("clip", "dalip"):  # alternate, so background load hits both alike
-            runs[variant].append(_run_child(args, model, variant, batch_size))
-    ms = {v: statistics.median(r["ms_per_step"] for r in rs) for v, rs in runs.items()}
-    mem = {v: max(r["peak_mem_mb"] for r in rs) for v, rs in runs.items()}
-    summary = {
-        "model": model, "batch_size": batch_size, "device": runs["clip"][0]["device"],
-        "mbdc_dim": runs["dalip"][0]["mbdc_dim"], "ms_clip": ms["clip"], "ms_dalip": ms["dalip"],
-        "throughput_ratio": ms["clip"] / ms["dalip"], "mem_clip_mb": mem["clip"], "mem_dalip_mb": mem["dalip"],
-        "mem_ratio": mem["dalip"] / mem["clip"], "params_clip_m": runs["clip"][0]["params_m"],
-        "params_dalip_m": runs["dalip"][0]["params_m"],
-    }  # fmt: skip
+    spec = {"model": model, "batch_size": batch_size, "mbdc_dim": args.mbdc_dim or DEFAULT_MBDC_DIM.get(model, 46),
+            "mbdc_hidden": args.mbdc_hidden, "warmup": args.warmup, "rounds": args.rounds}  # fmt: skip
+    timing = _child({**spec, "mode": "time"})
+    mem = {v: _child({**spec, "mode": v})["peak_mem_mb"] for v in ("clip", "dalip")}
+    summary = {**spec, **timing, "mem_clip_mb": mem["clip"], "mem_dalip_mb": mem["dalip"],
+               "mem_ratio": mem["dalip"] / mem["clip"]}  # fmt: skip
     print(json.dumps(summary), flush=True)
     return summary
 
@@ -128,29 +136,33 @@ def compare(args: argparse.Namespace, model: str, batch_size: int) -> dict[str, 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        model, variant, batch, steps, warmup, dim = argv[1:7]
-        print(json.dumps(child(model, variant, int(batch), int(steps), int(warmup), int(dim))))
+        spec = json.loads(argv[1])
+        print(json.dumps(time_child(spec) if spec["mode"] == "time" else memory_child(spec, spec["mode"])))
         return []
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["DALIP-Tiny", "ViT-B-16"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 4], help="one per model")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per child")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2, help="children per variant (alternating)")
-    p.add_argument("--mbdc-dim", type=int, default=None, help="override the MBDC reduced dim for every model")
+    p.add_argument("--rounds", type=int, default=6, help="timed (CLIP step, DALIP step) pairs")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--mbdc-dim", type=int, default=None, help="MBDC reduced dim for every model (default: 46)")
+    p.add_argument("--mbdc-hidden", type=int, default=None, help="MBDC linear width (default: BDC width, reference)")
     args = p.parse_args(argv)
     if len(args.batch_sizes) != len(args.models):
         p.error("give one --batch-sizes value per --models entry")
     results = [compare(args, m, b) for m, b in zip(args.models, args.batch_sizes, strict=True)]
-    for r in results[:-1]:
-        print(f"{r['model']} b={r['batch_size']}: ratio={r['throughput_ratio']:.3f} mem_ratio={r['mem_ratio']:.3f} "
-              f"ms_clip={r['ms_clip']:.1f} ms_dalip={r['ms_dalip']:.1f}")  # fmt: skip
+    for r in results:
+        print(f"{r['model']} batch={r['batch_size']} mbdc_dim={r['mbdc_dim']}: ratio={r['ratio']:.3f} "
+              f"ratio_paired_median={r['ratio_paired_median']:.3f} "
+              f"mem_ratio={r['mem_ratio']:.3f} ms_clip={r['ms_clip']:.1f} ms_dalip={r['ms_dalip']:.1f} "
+              f"mem_clip_mb={r['mem_clip_mb']:.0f} mem_dalip_mb={r['mem_dalip_mb']:.0f}")  # fmt: skip
     last = results[-1]
     print(
-        f"RESULT train_step ratio={last['throughput_ratio']:.3f} mem_ratio={last['mem_ratio']:.3f} "
+        f"RESULT train_step ratio={last['ratio']:.3f} ratio_paired_median={last['ratio_paired_median']:.3f} "
+        f"mem_ratio={last['mem_ratio']:.3f} "
         f"ms_per_step_clip={last['ms_clip']:.1f} ms_per_step_dalip={last['ms_dalip']:.1f} "
         f"mem_clip_mb={last['mem_clip_mb']:.0f} mem_dalip_mb={last['mem_dalip_mb']:.0f} model={last['model']} "
-        f"batch={last['batch_size']} mbdc_dim={last['mbdc_dim']} device={last['device']}"
+        f"batch={last['batch_size']} mbdc_dim={last['mbdc_dim']} mbdc_hidden={last['mbdc_hidden']} "
+        f"device={last['device']}"
     )
     return results
 

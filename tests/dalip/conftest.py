@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import webdataset as wds
+from PIL import Image
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:  # the repository root holds both `dalip` and `pipeline`
-    sys.path.insert(0, str(_ROOT))
-
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import webdataset as wds  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from pipeline.schema import MANIFEST_SCHEMA, sample_id_for  # noqa: E402
+from pipeline.schema import MANIFEST_SCHEMA, sample_id_for
 
 COLOURS = {
     "crimson": (200, 20, 40),
@@ -33,10 +24,6 @@ COLOURS = {
     "violet": (130, 40, 200),
 }
 PATTERNS = ("striped", "banded", "checkered", "spotted")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: a test that takes more than a few seconds")
 
 
 def _jpeg(array: np.ndarray) -> bytes:

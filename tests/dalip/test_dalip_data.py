@@ -9,12 +9,12 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import write_dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from dalip import data
 from dalip.data import ShardStream, make_loader, read_manifest
 from pipeline.schema import MANIFEST_SCHEMA
+from tests.dalip.conftest import write_dataset
 
 
 def _caption_of_index(name: str, i: int, rng) -> str:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import class_names, pattern_image, write_dataset
 from PIL import Image
 
 from dalip.evaluate import heldout_taxa, main
 from dalip.train import main as train_main
+from tests.dalip.conftest import class_names, pattern_image, write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import class_names, pattern_image, write_dataset
 from open_clip import OPENAI_IMAGENET_TEMPLATES
 from PIL import Image
 
 from dalip.evaluate import main as evaluate
 from dalip.train import main as train
+from tests.dalip.conftest import class_names, pattern_image, write_dataset
 
 
 def _caption(name: str, i: int, rng: np.random.Generator) -> str:

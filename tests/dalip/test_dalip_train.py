@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_dataset
 
 from dalip.checkpoint import load_checkpoint
 from dalip.train import lr_factor, main
+from tests.dalip.conftest import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

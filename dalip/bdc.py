@@ -1,0 +1,88 @@
+"""Brownian Distance Covariance: the BDC matrix of a batch of ``d x M`` inputs and the multi-head MBDC module.
+
+MBDC turns the token features of one modality into DALIP's second-order embedding ``z``
+(DESIGN.md section 5): a bias-free token map, ``h`` heads, token re-weighting by cosine similarity with the
+pooled token, channel reduction to ``d``, one BDC matrix per head, its upper triangle, LayerNorm, a linear
+layer and a bias-free map to the joint width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MbdcConfig:
+    heads: int = 4  # channel groups of the token features, one BDC matrix each (reference: 4)
+    dim: int = 46  # channels per head after reduction, i.e. observations per BDC matrix (reference: 46)
+    dropout: float = 0.5  # dropout on the reduced token features (reference: 0.5)
+    eps: float = 1e-5  # added under the square root; keeps the gradient finite where two channels coincide
+    reweight: bool = True  # weight tokens by softmax(cos(token, pooled token)) per head
+    hidden_dim: int | None = None  # width of the linear layer after the LayerNorm; None = BDC width (reference)
+
+    @property
+    def bdc_width(self) -> int:
+        """Length of the concatenated upper triangles: ``heads * d(d+1)/2``."""
+        return self.heads * self.dim * (self.dim + 1) // 2
+
+
+def bdc_matrix(x: torch.Tensor, eps: float = 1e-5, scale: bool = True) -> torch.Tensor:
+    """Double-centred Brownian distance matrix of each ``d x M`` matrix in ``x`` (shape ``(..., d, M)``).
+
+    Each of the ``d`` rows is one observation over the ``M`` columns: ``D2[k, l] = ||x_k - x_l||^2``,
+    ``A = sqrt(max(D2, 0) / (2M) + eps)`` (without ``/(2M)`` when ``scale`` is false), then ``A`` minus its
+    row means and column means plus its grand mean. Returns shape ``(..., d, d)``.
+    With ``eps = 0`` and ``scale = False``, ``(A * B).sum() / d**2`` is the V-statistic squared distance
+    covariance of the two inputs; with ``scale`` it is that value divided by ``2 * sqrt(M_x * M_y)``.
+    """
+    m = x.shape[-1]
+    gram = x @ x.transpose(-1, -2)
+    sq_norms = gram.diagonal(dim1=-2, dim2=-1)
+    # Pairwise squared distances from the Gram matrix: one batched matmul instead of a d x d x M difference.
+    d2 = (sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2) - 2.0 * gram).clamp_min(0.0)
+    if scale:
+        d2 = d2 / (2.0 * m)
+    a = torch.sqrt(d2 + eps)
+    return a - a.mean(dim=-1, keepdim=True) - a.mean(dim=-2, keepdim=True) + a.mean(dim=(-2, -1), keepdim=True)
+
+
+class MBDC(nn.Module):
+    """Multi-head BDC embedding of a token sequence ``(B, M, width)`` given its pooled token ``(B, width)``."""
+
+    def __init__(self, width: int, out_dim: int, config: MbdcConfig = MbdcConfig()) -> None:
+        super().__init__()
+        if width % config.heads:
+            raise ValueError(f"MBDC: token width {width} is not divisible by heads={config.heads}")
+        self.config = config
+        self.token_map = nn.Linear(width, width, bias=False)
+        # One reduction shared by all heads, as in the reference: heads differ by their input channels only.
+        self.reduce = nn.Sequential(
+            nn.Linear(width // config.heads, config.dim, bias=False), nn.LayerNorm(config.dim), nn.ReLU()
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        hidden = config.hidden_dim or config.bdc_width
+        self.norm = nn.LayerNorm(config.bdc_width)
+        self.fc = nn.Linear(config.bdc_width, hidden)
+        self.out = nn.Linear(hidden, out_dim, bias=False)
+        rows, cols = torch.triu_indices(config.dim, config.dim)
+        self.register_buffer("triu_rows", rows, persistent=False)
+        self.register_buffer("triu_cols", cols, persistent=False)
+
+    def forward(self, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        b, m, width = tokens.shape
+        heads = self.config.heads
+        x = self.token_map(tokens).view(b, m, heads, width // heads).transpose(1, 2)  # (B, h, M, c)
+        if self.config.reweight:
+            ref = self.token_map(pooled).view(b, heads, 1, width // heads)
+            weights = F.cosine_similarity(x, ref, dim=-1).softmax(dim=-1)  # (B, h, M): a distribution over tokens
+            x = x * weights.unsqueeze(-1)
+        x = self.dropout(self.reduce(x))  # (B, h, M, d)
+        # BDC in fp32 even under autocast: sqrt of small distances and the centring cancel badly in 16 bits.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            a = bdc_matrix(x.transpose(-1, -2).float(), eps=self.config.eps)  # (B, h, d, d)
+        v = a[..., self.triu_rows, self.triu_cols].flatten(1)  # (B, h * d(d+1)/2)
+        return self.out(self.fc(self.norm(v)))

@@ -1,0 +1,66 @@
+"""Training checkpoints: model, optimizer, scheduler, scaler, step, config and every rank's RNG state.
+
+Files are written atomically (temp file + rename) and ``latest.txt`` names the newest one, so a run stopped at
+any moment resumes from a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LATEST = "latest.txt"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training step draws from (dropout, python-side shuffles, numpy)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: str | Path, step: int, payload: dict[str, Any]) -> Path:
+    """Write ``step_{step:08d}.pt`` atomically and point ``latest.txt`` at it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step_{step:08d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    pointer = directory / (LATEST + ".tmp")
+    pointer.write_text(path.name + "\n")
+    os.replace(pointer, directory / LATEST)
+    return path
+
+
+def resolve_resume(resume: str, directory: str | Path) -> Path:
+    """``latest`` -> the file ``latest.txt`` in ``directory`` names; anything else is a checkpoint path."""
+    if resume != "latest":
+        path = Path(resume)
+    else:
+        pointer = Path(directory) / LATEST
+        if not pointer.is_file():
+            raise FileNotFoundError(f"--resume latest: no {pointer}; has this output dir saved a checkpoint?")
+        path = Path(directory) / pointer.read_text().strip()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    # Our own files hold RNG states (numpy arrays, tuples), which the weights-only unpickler refuses.
+    return torch.load(path, map_location=map_location, weights_only=False)

@@ -1,0 +1,313 @@
+"""Train DALIP on a PlantMix manifest: ``python -m dalip.train --manifest M ...`` or under ``torchrun``.
+
+AdamW, warmup + cosine schedule, gradient clipping, AMP on GPU, DDP, checkpoints that resume exactly, a
+progress bar and a JSONL metrics log (``<output-dir>/metrics.jsonl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from dalip.bdc import MbdcConfig
+from dalip.checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
+from dalip.data import ShardStream, StreamStats, make_loader, read_manifest
+from dalip.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
+from dalip.loss import LOSS_VARIANTS, DalipLoss
+from dalip.model import DalipModel
+from dalip.tiny import register_tiny_model
+
+log = logging.getLogger("dalip.train")
+PRECISIONS = ("amp", "amp_bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    manifest: list[str]  # Parquet file(s), directories or fsspec URLs
+    output_dir: str
+    model: str = "ViT-B-16"  # any open_clip model name, or DALIP-Tiny
+    pretrained: str | None = None  # open_clip tag (e.g. "openai") or a local checkpoint path; None = random init
+    caption: str = "caption"  # the caption column, or a key of caption_variants
+    epochs: int = 1
+    batch_size: int = 64  # per rank
+    lr: float = 5e-4
+    wd: float = 0.1
+    warmup: int = 500  # steps of linear warmup before the cosine decay
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    precision: str = "amp"  # amp: fp16 autocast + GradScaler on GPU (fp32 on CPU); amp_bf16; fp32
+    workers: int = 2
+    seed: int = 0
+    alpha: float = 0.5
+    loss_variant: str = "sum"
+    lambdas: tuple[float, float] = (1.0, 1.0)
+    mbdc: MbdcConfig = field(default_factory=MbdcConfig)
+    shuffle_buffer: int = 1000
+    save_every: int = 1000  # steps between checkpoints (one is also written at the end)
+    log_every: int = 1
+    resume: str | None = None  # "latest" or a checkpoint path; exact with the same world size and workers
+    max_steps: int | None = None  # stop early after this many steps; the schedule still spans all epochs
+    local_loss: bool = False
+    gather_with_grad: bool = False
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.loss_variant not in LOSS_VARIANTS:
+            raise ValueError(f"loss variant must be one of {LOSS_VARIANTS}, got {self.loss_variant!r}")
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    # As open_clip: no weight decay on gains, biases and the temperature (all parameters with < 2 dims).
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.wd}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-6)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> tuple[torch.autocast, bool]:
+    """The autocast context and whether a GradScaler is needed (fp16 only)."""
+    if cfg.precision == "amp" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16), True
+    if cfg.precision == "amp_bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16), False
+    return torch.autocast(device.type, enabled=False), False
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run training; returns a summary (steps done, last loss, checkpoint path)."""
+    info = init_distributed(cfg.device)
+    register_tiny_model()
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.precision == "amp" and info.device.type != "cuda" and info.is_main:
+        log.warning("precision amp applies on GPU only; running fp32 on %s", info.device)
+
+    _seed_all(cfg.seed)  # the same initial weights on every rank
+    model, preprocess_train, _ = DalipModel.create(cfg.model, cfg.pretrained, mbdc=cfg.mbdc, device=info.device)
+    tokenizer = open_clip.get_tokenizer(cfg.model)
+    selection = read_manifest(cfg.manifest, cfg.caption)
+    steps_per_epoch = selection.num_samples // (cfg.batch_size * info.world_size)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{selection.num_samples} kept samples are fewer than one global batch "
+            f"({cfg.batch_size} x {info.world_size} ranks)"
+        )
+    total_steps = steps_per_epoch * cfg.epochs
+    stream = ShardStream(
+        selection, preprocess_train, tokenizer, cfg.batch_size, cfg.seed, info.rank, info.world_size,
+        cfg.shuffle_buffer,
+    )  # fmt: skip
+    loader = make_loader(stream, cfg.workers, cfg.seed)
+    loss_fn = DalipLoss(
+        cfg.alpha, cfg.loss_variant, cfg.lambdas, cfg.local_loss, cfg.gather_with_grad,
+        rank=info.rank, world_size=info.world_size,
+    )  # fmt: skip
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, total_steps))
+    autocast, use_scaler = _autocast(cfg, info.device)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
+    ddp_model = model
+    if info.distributed:
+        ddp_model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
+
+    step = 0
+    if cfg.resume:
+        step = _resume(cfg, out_dir, info, model, optimizer, scheduler, scaler)
+    else:
+        _seed_all(cfg.seed + info.rank)  # dropout differs across ranks, like their data
+    metrics = _open_metrics(out_dir / "metrics.jsonl", step) if info.is_main else None
+    payload = {"config": dataclasses.asdict(cfg), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
+    if info.is_main:
+        log.info("%d kept samples, %d shards, %d steps/epoch", selection.num_samples, len(selection.shards),
+                 steps_per_epoch)  # fmt: skip
+    last_step = min(total_steps, cfg.max_steps or total_steps)
+    bar = tqdm(total=last_step, initial=step, disable=not info.is_main, dynamic_ncols=True)
+    terms: dict[str, float] = {}
+    ckpt_path = None
+    model.train()
+    while step < last_step:
+        epoch, skip = divmod(step, steps_per_epoch)
+        stream.set_epoch(epoch, skip)
+        epoch_stats = StreamStats()
+        n_batches = min(steps_per_epoch, skip + last_step - step) - skip
+        t_prev = time.perf_counter()
+        for batch in itertools.islice(loader, n_batches):
+            t_data = time.perf_counter()
+            image = batch["image"].to(info.device, non_blocking=True)
+            text = batch["text"].to(info.device, non_blocking=True)
+            with autocast:
+                losses = loss_fn(ddp_model(image, text))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["loss"]).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[-1]["lr"]  # the rate this step used
+            scheduler.step()
+            with torch.no_grad():  # as open_clip: keep the temperature below 100
+                model.logit_scale.clamp_(0, math.log(100))
+            step += 1
+            _add_stats(epoch_stats, batch["stats"])
+            t_now = time.perf_counter()
+            terms = {k: v.item() for k, v in losses.items()}
+            rate = cfg.batch_size * info.world_size / (t_now - t_prev)
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", samples_s=f"{rate:.1f}")
+            if metrics and step % cfg.log_every == 0:
+                record = {"step": step, "epoch": epoch, "lr": lr, **terms,
+                          "logit_scale": model.logit_scale.exp().item(), "samples_per_s": rate,
+                          "data_s": t_data - t_prev}  # fmt: skip
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+            t_prev = t_now
+            if step % cfg.save_every == 0 or step == last_step:
+                ckpt_path = _save(out_dir, step, model, optimizer, scheduler, scaler, payload, info)
+        _log_epoch_stats(epoch, epoch_stats, info, metrics)
+    bar.close()
+    if metrics:
+        metrics.close()
+    cleanup(info)
+    return {"step": step, "total_steps": total_steps, "checkpoint": str(ckpt_path) if ckpt_path else None, **terms}
+
+
+def _add_stats(total: StreamStats, batch: StreamStats) -> None:
+    total.corrupt += batch.corrupt
+    total.shard_errors += batch.shard_errors
+    total.unselected += batch.unselected
+    total.corrupt_keys.extend(batch.corrupt_keys[: max(0, 100 - len(total.corrupt_keys))])  # a sample to log
+
+
+def _log_epoch_stats(epoch: int, stats: StreamStats, info: DistInfo, metrics: Any) -> None:
+    corrupt = int(all_reduce_sum(stats.corrupt, info))
+    shard_errors = int(all_reduce_sum(stats.shard_errors, info))
+    if stats.corrupt_keys:
+        log.warning("rank %d skipped corrupt images: %s", info.rank, ", ".join(stats.corrupt_keys[:20]))
+    if info.is_main:
+        log.info("epoch %d: skipped %d corrupt images, %d shard read errors", epoch, corrupt, shard_errors)
+        if metrics:
+            metrics.write(json.dumps({"event": "epoch_end", "epoch": epoch, "corrupt_images": corrupt,
+                                      "shard_errors": shard_errors}) + "\n")  # fmt: skip
+            metrics.flush()
+
+
+def _open_metrics(path: Path, step: int) -> Any:
+    # On resume, drop records past the checkpoint: those steps are about to be run again.
+    if path.exists():
+        kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in kept) if step else "")
+    return path.open("a")
+
+
+def _save(out_dir: Path, step: int, model, optimizer, scheduler, scaler, payload: dict, info: DistInfo) -> Path:
+    states = [None] * info.world_size
+    if info.distributed:
+        torch.distributed.all_gather_object(states, rng_state())
+    else:
+        states = [rng_state()]
+    path = out_dir / "checkpoints" / f"step_{step:08d}.pt"
+    if info.is_main:
+        save_checkpoint(out_dir / "checkpoints", step, {
+            **payload, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": states,
+        })  # fmt: skip
+    if info.distributed:
+        torch.distributed.barrier()
+    return path
+
+
+def _resume(cfg: TrainConfig, out_dir: Path, info: DistInfo, model, optimizer, scheduler, scaler) -> int:
+    ckpt = load_checkpoint(resolve_resume(cfg.resume, out_dir / "checkpoints"), map_location=info.device)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    states = ckpt["rng"]
+    if len(states) == info.world_size:
+        set_rng_state(states[info.rank])
+    else:  # a different world size cannot replay the same randomness; start the ranks' streams fresh
+        _seed_all(cfg.seed + info.rank + ckpt["step"])
+    if info.is_main:
+        log.info("resumed from step %d", ckpt["step"])
+    return int(ckpt["step"])
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="python -m dalip.train", description=__doc__)
+    p.add_argument("--manifest", nargs="+", required=True)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--model", default="ViT-B-16")
+    p.add_argument("--pretrained", default=None, help="open_clip tag (openai, ...) or local checkpoint path")
+    p.add_argument("--caption", default="caption", help="'caption' or a caption_variants key, e.g. dalip")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--wd", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--precision", choices=PRECISIONS, default="amp")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--loss-variant", choices=LOSS_VARIANTS, default="sum")
+    p.add_argument("--lambdas", type=float, nargs=2, default=(1.0, 1.0), metavar=("L1", "L2"))
+    p.add_argument("--mbdc-heads", type=int, default=4)
+    p.add_argument("--mbdc-dim", type=int, default=46)
+    p.add_argument("--mbdc-dropout", type=float, default=0.5)
+    p.add_argument("--mbdc-eps", type=float, default=1e-5)
+    p.add_argument("--mbdc-hidden", type=int, default=None)
+    p.add_argument("--no-reweight", action="store_true", help="turn MBDC token re-weighting off")
+    p.add_argument("--shuffle-buffer", type=int, default=1000)
+    p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint path")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--local-loss", action="store_true")
+    p.add_argument("--gather-with-grad", action="store_true")
+    p.add_argument("--device", default=None)
+    a = p.parse_args(argv)
+    mbdc = MbdcConfig(a.mbdc_heads, a.mbdc_dim, a.mbdc_dropout, a.mbdc_eps, not a.no_reweight, a.mbdc_hidden)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"mbdc", "lambdas"}
+    return TrainConfig(**{k: v for k, v in vars(a).items() if k in fields}, lambdas=tuple(a.lambdas), mbdc=mbdc)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
