@@ -144,3 +144,24 @@ def test_dask_cluster_gives_the_same_manifest(demo_build, tmp_path):
                 proc.kill()
         logs.close()
         time.sleep(0.5)
+
+
+def test_dalip_trains_on_the_demo_manifest_and_its_checkpoint_embeds(demo_build, tmp_path):
+    """The pipeline <-> trainer contract end to end: manifest + shards in, checkpoint out, checkpoint scores."""
+    from dalip.train import main as train_main
+    from pipeline.clip_model import load_clip
+    from pipeline.config import EmbedConfig
+
+    run = tmp_path / "run"
+    train_main(["--manifest", str(demo_build / "manifest.parquet"), "--model", "DALIP-Tiny", "--epochs", "1",
+                "--batch-size", "16", "--precision", "fp32", "--workers", "0", "--warmup", "1", "--max-steps", "3",
+                "--save-every", "3", "--output-dir", str(run)])  # fmt: skip
+    checkpoint = run / "checkpoints" / (run / "checkpoints" / "latest.txt").read_text().strip()
+    config = EmbedConfig(model="DALIP-Tiny", pretrained=str(checkpoint),
+                         model_config=str(REPO / "dalip" / "model_configs" / "DALIP-Tiny.json"))  # fmt: skip
+    model, _, _ = load_clip(config)
+    import torch
+
+    trained = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, trained[f"clip.{name}"]), name
