@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,16 @@ def embed_batches(config: EmbedConfig, blobs: list[bytes], captions: list[str]) 
     device = next(model.parameters()).device
     if config.threads:
         torch.set_num_threads(config.threads)
+    workers = config.workers
+    if workers and multiprocessing.current_process().daemon:
+        # e.g. a Dask worker started with its default daemon=True: it may not start child processes.
+        log.warning("embed: this process is a daemon, decoding in the main process (workers=0); start Dask "
+                    "workers with DASK_DISTRIBUTED__WORKER__DAEMON=False to decode in parallel")  # fmt: skip
+        workers = 0
     loader = DataLoader(
         _Images(blobs, preprocess),
         batch_size=config.batch_size,
-        num_workers=config.workers,
+        num_workers=workers,
         persistent_workers=False,
         pin_memory=device.type == "cuda",
     )

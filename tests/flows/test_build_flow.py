@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.build_plantmix import build_plantmix, main
 from tests.conftest import REPO, free_port
@@ -104,19 +105,23 @@ def test_main_prints_summary_and_example_query(demo_build, capsys):
 
 @pytest.mark.server
 @pytest.mark.slow
-def test_dask_cluster_gives_the_same_manifest(demo_build, tmp_path):
-    """Scheduler and two workers as separate processes on 127.0.0.1, via prefect-dask's DaskTaskRunner."""
+def test_dask_cluster_gives_the_same_manifest(demo_build, tmp_path, prefect_server):
+    """Scheduler and two workers as separate processes on 127.0.0.1, via prefect-dask's DaskTaskRunner.
+
+    Tasks on Dask workers report to the Prefect API, so flow and workers share a real Prefect server.
+    """
     port = free_port()
     bin_dir = Path(sys.executable).parent
     logs = open(tmp_path / "dask.log", "w")
     scheduler = subprocess.Popen(
         [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-        cwd=REPO, stdout=logs, stderr=subprocess.STDOUT,
+        cwd=REPO, env=prefect_server.env, stdout=logs, stderr=subprocess.STDOUT,
     )  # fmt: skip
     workers = subprocess.Popen(
         [bin_dir / "dask", "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2", "--nthreads", "2",
          "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", "4GiB"],
-        cwd=REPO, stdout=logs, stderr=subprocess.STDOUT,
+        cwd=REPO, env={**prefect_server.env, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"},  # DataLoader workers
+        stdout=logs, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         from distributed import Client
@@ -129,7 +134,8 @@ def test_dask_cluster_gives_the_same_manifest(demo_build, tmp_path):
         cwd = os.getcwd()
         os.chdir(REPO)
         try:
-            build_plantmix(recipe=RECIPE, output_dir=str(out), dask_address=f"tcp://127.0.0.1:{port}")
+            with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+                build_plantmix(recipe=RECIPE, output_dir=str(out), dask_address=f"tcp://127.0.0.1:{port}")
         finally:
             os.chdir(cwd)
         markers = [p.read_text() for p in (out / "download").glob("*.done.json")]

@@ -6,61 +6,22 @@ Exactly the README's commands: start a server, serve the deployments, run one, w
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
+from tests.flows.conftest import BIN, stop
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-BIN = Path(sys.executable).parent
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after {timeout} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def test_deployment_run_builds_the_demo(tmp_path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    }
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    server = subprocess.Popen(
-        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=REPO, stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+def test_deployment_run_builds_the_demo(tmp_path, prefect_server):
+    env, logs = prefect_server.env, tmp_path
     served = None
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}/api/health", server)
         served = subprocess.Popen(
             [sys.executable, "-m", "flows.serve", "manifests/recipes/demo.yaml"],
             env=env, cwd=REPO, stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT,
@@ -86,5 +47,4 @@ def test_deployment_run_builds_the_demo(tmp_path):
         assert summary["by_status"]["ok"] == 174
     finally:
         if served is not None:
-            _stop(served)
-        _stop(server)
+            stop(served)
