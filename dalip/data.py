@@ -65,7 +65,9 @@ def manifest_files(manifest: str | Path | Sequence[str | Path]) -> list[tuple[An
     found: list[tuple[Any, str]] = []
     for item in items:
         fs, path = fsspec.core.url_to_fs(str(item))
-        if fs.isdir(path):
+        if fs.isdir(path) and fs.isfile(f"{path.rstrip('/')}/manifest.parquet"):
+            paths = [f"{path.rstrip('/')}/manifest.parquet"]  # a PlantMix build folder: its manifest only
+        elif fs.isdir(path):
             paths = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
         else:
             paths = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]

@@ -61,7 +61,7 @@ def embed(recipe: Recipe, shard: dict[str, Any]) -> dict[str, Any]:
     """CLIP embeddings and scores for one downloaded shard (no-op when the recipe has no embed stage)."""
     if recipe.embed is None:
         return {"skipped": "no embed stage in the recipe"}
-    return embed_shard(build_dir(recipe), shard["shard_id"], recipe.embed)
+    return embed_shard(build_dir(recipe), shard["shard_id"], recipe.embed, recipe.download.encode_format)
 
 
 def clip_scores(recipe: Recipe, shard_ids: list[int]) -> Scores | None:

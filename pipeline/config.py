@@ -7,6 +7,8 @@ reported with the file and the dotted key path, so a typo never silently falls b
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import math
 import types
 import typing
@@ -16,7 +18,21 @@ from typing import Any
 
 import yaml
 
-from pipeline.captions import CAPTION_STYLES  # noqa: E402 - re-exported for recipes
+from pipeline.captions import CAPTION_STYLES
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _file_sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 class RecipeError(ValueError):
@@ -43,12 +59,14 @@ class DownloadConfig:
     thread_count: int = 64  # download threads per shard
     timeout: int = 10  # seconds per request
     retries: int = 1  # retries per URL (transient network errors)
-    user_agent_token: str = "plantmix"  # our token in img2dataset's User-Agent; matched in robots.txt / X-Robots-Tag
+    user_agent: str = "PlantMixBot/0.1 (+https://github.com/plantmix/plantmix; image-text research dataset)"
+    user_agent_token: str = "plantmix"  # product token matched in robots.txt groups and X-Robots-Tag directives
     disallowed_header_directives: list[str] = field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
     )  # X-Robots-Tag directives that opt an image out of our dataset
     respect_robots_txt: bool = True  # check each host's robots.txt for our token before fetching
     max_requests_per_host_per_second: float = 5.0  # per-host rate limit inside one download process
+    shard_timeout_seconds: float = 6 * 3600  # a shard still running after this is killed and retried
     url_rewrite: dict[str, str] = field(default_factory=dict)  # URL prefix -> replacement (mirrors, offline sample)
 
 
@@ -70,9 +88,13 @@ class EmbedConfig:
 
     @property
     def model_id(self) -> str:
-        """What ``clip_model`` records: name plus weights (tag, file name, or random seed)."""
-        weights = f"random-init-seed{self.seed}" if self.random_init else self.pretrained
-        return f"{self.model}:{weights}"
+        """What ``clip_model`` records: name plus weights (tag; file and content hash; or random seed)."""
+        if self.random_init:
+            return f"{self.model}:random-init-seed{self.seed}"
+        path = Path(self.pretrained)
+        if path.is_file():  # a retrained checkpoint at the same path is another model
+            return f"{self.model}:{path.name}@sha256:{_file_sha256(path)[:16]}"
+        return f"{self.model}:{self.pretrained}"
 
 
 @dataclass

@@ -35,7 +35,8 @@ def crawl_source(recipe: Recipe, spec: SourceSpec, build_dir: Path) -> dict[str,
         return {"rows": table.num_rows, "status": dict(sorted(counts.items()))}
 
     provenance = {"stage": "crawl", "source": spec.name, "adapter": spec.adapter, "options": spec.options}
-    return run_shard(stage, spec.name, work, provenance)
+    decides = {**provenance, "caption_style": recipe.caption_style}
+    return run_shard(stage, spec.name, work, provenance, decides_output=decides)
 
 
 def mark_repeats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

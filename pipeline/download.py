@@ -28,11 +28,17 @@ from img2dataset.writer import WebDatasetSampleWriter
 from pipeline import politeness, schema, shard_worker
 from pipeline.config import DownloadConfig
 from pipeline.io import read_json, write_json, write_parquet
-from pipeline.stage import StageDir, run_shard
+from pipeline.sources.base import rewrite_url
+from pipeline.stage import StageDir, StageMismatch, run_shard
 
 OOM_SHARD_COUNT = 5  # shard names have 5 digits, as img2dataset's default
 PASSED_COLUMNS = ["sample_id", "license", "rights_holder", "attribution"]  # stored in each image's json
 PLAN_FILE = "_plan.json"
+# Download settings that change a shard's output (the others only change how fast or politely it is made).
+OUTPUT_SETTINGS = (
+    "image_size", "resize_mode", "resize_only_if_bigger", "encode_format", "encode_quality", "min_image_size",
+    "max_aspect_ratio", "user_agent_token", "disallowed_header_directives", "respect_robots_txt",
+)  # fmt: skip
 
 
 class DownloadError(RuntimeError):
@@ -50,9 +56,17 @@ def plan_shards(candidates: pa.Table, plan_dir: Path, shard_size: int) -> list[d
     sample and therefore the finished shards are the same on every rerun.
     """
     plan_file = plan_dir / PLAN_FILE
-    if plan_file.exists():
-        return read_json(plan_file)["shards"]
     pending = candidates.filter(pc.equal(candidates["status"], schema.STATUS_PENDING))
+    pending_sha = hashlib.sha256("\n".join(pending["sample_id"].to_pylist()).encode()).hexdigest()[:16]
+    if plan_file.exists():
+        plan = read_json(plan_file)
+        if (plan.get("pending_sha256"), plan["shard_size"]) != (pending_sha, shard_size):
+            raise StageMismatch(
+                f"{plan_file}: planned for other candidates or shard_size ({plan['rows']} rows, shard_size "
+                f"{plan['shard_size']}; now {pending.num_rows} rows, shard_size {shard_size}); build into a new "
+                f"output_dir, or delete {plan_dir.parent} to download again"
+            )
+        return plan["shards"]
     pending = pending.select(["url", "caption", *PASSED_COLUMNS])
     shards = []
     for shard_id, start in enumerate(range(0, pending.num_rows, shard_size)):
@@ -61,15 +75,11 @@ def plan_shards(candidates: pa.Table, plan_dir: Path, shard_size: int) -> list[d
         write_parquet(part, path)
         digest = hashlib.sha256("\n".join(part["sample_id"].to_pylist()).encode()).hexdigest()[:16]
         shards.append({"shard_id": shard_id, "rows": part.num_rows, "plan": path.name, "ids_sha256": digest})
-    write_json(plan_file, {"shard_size": shard_size, "rows": pending.num_rows, "shards": shards})
+    write_json(
+        plan_file,
+        {"shard_size": shard_size, "rows": pending.num_rows, "pending_sha256": pending_sha, "shards": shards},
+    )
     return shards
-
-
-def rewrite_url(url: str, rules: dict[str, str]) -> str:
-    for prefix, replacement in rules.items():
-        if url.startswith(prefix):
-            return replacement + url[len(prefix) :]
-    return url
 
 
 def download_shard(plan_dir: Path, out_dir: Path, shard: dict[str, Any], config: DownloadConfig) -> dict[str, Any]:
@@ -80,7 +90,7 @@ def download_shard(plan_dir: Path, out_dir: Path, shard: dict[str, Any], config:
     def work(tmp: Path) -> dict[str, Any]:
         table = pq.read_table(plan_dir / shard["plan"])
         if config.url_rewrite:
-            urls = [rewrite_url(u, config.url_rewrite) for u in table["url"].to_pylist()]
+            urls = [rewrite_url(u, config.url_rewrite) for u in table["url"].to_pylist()]  # longest prefix wins
             table = table.set_column(table.schema.get_field_index("url"), "url", pa.array(urls, pa.string()))
         # img2dataset's Downloader reads its input as an Arrow IPC file with columns [additional, caption, url].
         table = table.select([*PASSED_COLUMNS, "caption", "url"])
@@ -100,7 +110,8 @@ def download_shard(plan_dir: Path, out_dir: Path, shard: dict[str, Any], config:
         return {"rows": table.num_rows, "status": dict(sorted(counts.items()))}
 
     provenance = {"stage": "download", "config": dataclasses.asdict(config), "plan": shard}
-    return run_shard(stage, name, work, provenance)
+    decides = {"plan": shard, **{k: v for k, v in provenance["config"].items() if k in OUTPUT_SETTINGS}}
+    return run_shard(stage, name, work, provenance, decides_output=decides)
 
 
 def _run_isolated(config: DownloadConfig, out: Path, shard_id: int, input_file: Path) -> None:
@@ -110,7 +121,7 @@ def _run_isolated(config: DownloadConfig, out: Path, shard_id: int, input_file: 
     job.write_text(json.dumps({"config": dataclasses.asdict(config), "shard_id": shard_id, "input": str(input_file)}))
     log = out / f"{name}_download.log"
     try:
-        ok = shard_worker.run_in_worker(job, log)
+        ok = shard_worker.run_in_worker(job, log, timeout=config.shard_timeout_seconds)
     except shard_worker.WorkerDied as err:
         raise DownloadError(str(err)) from err
     job.unlink()
@@ -127,6 +138,7 @@ def run_job(job_file: Path) -> bool:
         column_list = pa.ipc.open_file(source).schema.names
     downloader = _make_downloader(config, input_file.parent, column_list)
     policy = politeness.HostPolicy(
+        user_agent=config.user_agent,
         user_agent_token=config.user_agent_token,
         respect_robots_txt=config.respect_robots_txt,
         max_requests_per_second=config.max_requests_per_host_per_second,
@@ -178,6 +190,8 @@ def classify(i2d_status: str | None, error: str | None) -> tuple[str, str | None
         return schema.STATUS_FAILED_RESIZE, error
     if "X-Robots-Tag" in error:
         return schema.STATUS_OPTED_OUT, error
+    if error.startswith(politeness.ROBOTS_UNREACHABLE_PREFIX):
+        return schema.STATUS_FAILED_DOWNLOAD, error
     if error.startswith(politeness.ROBOTS_ERROR_PREFIX):
         return schema.STATUS_ROBOTS_DISALLOWED, error
     return schema.STATUS_FAILED_DOWNLOAD, error

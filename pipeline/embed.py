@@ -130,7 +130,7 @@ def check_sidecars(embed_dir: Path, shard_id: int, config: EmbedConfig, rows: in
     return None
 
 
-def embed_shard(build_dir: Path, shard_id: int, config: EmbedConfig) -> dict[str, Any]:
+def embed_shard(build_dir: Path, shard_id: int, config: EmbedConfig, image_ext: str = "jpg") -> dict[str, Any]:
     """Embed one downloaded shard (skipped when valid sidecars exist; recomputed when they are not)."""
     download_dir, embed_dir = build_dir / "download", build_dir / "embed"
     name = shard_name(shard_id)
@@ -142,7 +142,7 @@ def embed_shard(build_dir: Path, shard_id: int, config: EmbedConfig) -> dict[str
 
     def work(tmp: Path) -> dict[str, Any]:
         keys, captions = rows["key"].to_pylist(), [c or "" for c in rows["caption"].to_pylist()]
-        blobs = read_images(download_dir / f"{name}.tar", keys)
+        blobs = read_images(download_dir / f"{name}.tar", keys, image_ext)
         image, text = embed_batches(config, blobs, captions)
         scores = (image * text).sum(axis=1) if len(keys) else np.zeros(0, np.float32)
         np.save(tmp / f"{name}.image.npy", image.astype(np.float16))

@@ -1,17 +1,22 @@
-"""Polite fetching around img2dataset: robots.txt and a per-host rate limit.
+"""Polite fetching for img2dataset: our User-Agent, robots.txt (RFC 9309) and a per-host rate limit.
 
-img2dataset already honours X-Robots-Tag opt-out headers and sends our token in its User-Agent; it
-has no robots.txt check and no per-host rate limit. :func:`polite_fetch` adds both in front of
-img2dataset's own ``download_image`` (its fetch function, looked up by name on every call), which
-:func:`installed` swaps in for the duration of a download. The limit holds per download process:
-with ``P`` processes or Dask workers fetching at once, a host sees at most ``P x`` the rate.
+img2dataset does the downloading, resizing and writing; its fetch function ``download_image`` sends a
+browser-like User-Agent, checks ``X-Robots-Tag`` opt-outs and nothing else. :func:`polite_fetch` takes its
+place (img2dataset looks it up by name on every call; :func:`installed` swaps it in for one download):
 
-robots.txt follows RFC 9309: a 4xx answer (no robots.txt) allows everything, a 5xx answer or an
-unreachable host disallows everything for that host; rules are matched against our token.
+- the recipe's descriptive User-Agent on every request, robots.txt included;
+- robots.txt per host, parsed by Protego (Scrapy's RFC 9309 parser: longest match, ``*`` and ``$``) and
+  matched against our token. A 4xx answer allows everything; a 5xx answer or an unreachable host is
+  "unreachable" (RFC 9309: assume disallowed) for ``robots_retry_seconds``, after which it is asked again;
+  its rows end ``failed_download`` with the reason, not ``robots_disallowed``;
+- a per-host spacing limit, per download process (with P shards fetching at once a host sees at most P times
+  the rate);
+- opt-out headers exactly as img2dataset decides them (its ``is_disallowed``).
 """
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 import urllib.error
@@ -20,11 +25,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
-from urllib.robotparser import RobotFileParser
 
 import img2dataset.downloader as i2d_downloader
+from protego import Protego
 
 ROBOTS_ERROR_PREFIX = "robots.txt disallows"
+ROBOTS_UNREACHABLE_PREFIX = "robots.txt unreachable"
+OPT_OUT_ERROR = "Use of image disallowed by X-Robots-Tag directive"  # img2dataset's own wording
 _original_download_image = i2d_downloader.download_image
 
 
@@ -32,48 +39,51 @@ _original_download_image = i2d_downloader.download_image
 class HostPolicy:
     """What every fetch in this process must respect."""
 
-    user_agent_token: str
+    user_agent: str  # the full User-Agent header
+    user_agent_token: str  # the product token matched in robots.txt and X-Robots-Tag
     respect_robots_txt: bool = True
     max_requests_per_second: float = 5.0
     robots_timeout: float = 10.0
-    _robots: dict[str, RobotFileParser] = field(default_factory=dict, repr=False)
+    robots_retry_seconds: float = 60.0
+    _robots: dict[str, tuple[Protego | None, float]] = field(default_factory=dict, repr=False)
     _next_slot: dict[str, float] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _host_locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
 
-    def _host_lock(self, host: str) -> threading.Lock:
+    def _host_lock(self, origin: str) -> threading.Lock:
         with self._lock:
-            return self._host_locks.setdefault(host, threading.Lock())
+            return self._host_locks.setdefault(origin, threading.Lock())
 
-    def allowed(self, url: str) -> bool:
-        """Whether the host's robots.txt lets our token fetch ``url`` (fetched once per host)."""
+    def robots_verdict(self, url: str) -> str | None:
+        """None when we may fetch ``url``; otherwise the error to record for the row."""
         parts = urlsplit(url)
         if not self.respect_robots_txt or parts.scheme not in ("http", "https"):
-            return True
+            return None
         origin = f"{parts.scheme}://{parts.netloc}"
         with self._host_lock(origin):
-            parser = self._robots.get(origin)
-            if parser is None:
-                parser = self._robots[origin] = self._fetch_robots(origin)
-        return parser.can_fetch(self.user_agent_token, url)
+            parser, fetched_at = self._robots.get(origin, (None, -1.0))
+            stale = parser is None and time.monotonic() - fetched_at > self.robots_retry_seconds
+            if origin not in self._robots or stale:
+                parser = self._fetch_robots(origin)
+                self._robots[origin] = (parser, time.monotonic())
+        if parser is None:
+            return f"{ROBOTS_UNREACHABLE_PREFIX} for {origin} (RFC 9309: treated as disallowed; retried later)"
+        if not parser.can_fetch(url, self.user_agent_token):
+            return f"{ROBOTS_ERROR_PREFIX} {url} for user-agent {self.user_agent_token!r}"
+        return None
 
-    def _fetch_robots(self, origin: str) -> RobotFileParser:
-        parser = RobotFileParser(origin + "/robots.txt")
-        request = urllib.request.Request(parser.url, headers={"User-Agent": self.user_agent_token})
+    def _fetch_robots(self, origin: str) -> Protego | None:
+        request = urllib.request.Request(origin + "/robots.txt", headers={"User-Agent": self.user_agent})
         try:
             with urllib.request.urlopen(request, timeout=self.robots_timeout) as response:
-                parser.parse(response.read().decode("utf-8", errors="replace").splitlines())
+                return Protego.parse(response.read().decode("utf-8", errors="replace"))
         except urllib.error.HTTPError as err:
-            if 400 <= err.code < 500:
-                parser.allow_all = True
-            else:
-                parser.disallow_all = True
-        except (urllib.error.URLError, OSError):
-            parser.disallow_all = True
-        return parser
+            return Protego.parse("") if 400 <= err.code < 500 else None
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
 
     def wait_turn(self, url: str) -> None:
-        """Block until this host may be sent another request (a simple per-host spacing limiter)."""
+        """Block until this host may be sent another request (a per-host spacing limiter)."""
         if self.max_requests_per_second <= 0:
             return
         host = urlsplit(url).netloc
@@ -82,22 +92,32 @@ class HostPolicy:
             now = time.monotonic()
             slot = max(now, self._next_slot.get(host, now))
             self._next_slot[host] = slot + interval
-        delay = slot - now
-        if delay > 0:
-            time.sleep(delay)
+        if slot > now:
+            time.sleep(slot - now)
 
 
 _policy: HostPolicy | None = None
 
 
 def polite_fetch(row, timeout, user_agent_token, disallowed_header_directives):
-    """Drop-in for img2dataset's ``download_image``: robots.txt check, rate limit, then the real fetch."""
+    """Drop-in for img2dataset's ``download_image``: same arguments and ``(key, stream, error)`` result."""
+    if _policy is None:
+        return _original_download_image(row, timeout, user_agent_token, disallowed_header_directives)
     key, url = row
-    if _policy is not None:
-        if not _policy.allowed(url):
-            return key, None, f"{ROBOTS_ERROR_PREFIX} {url} for user-agent {_policy.user_agent_token!r}"
-        _policy.wait_turn(url)
-    return _original_download_image(row, timeout, user_agent_token, disallowed_header_directives)
+    verdict = _policy.robots_verdict(url)
+    if verdict:
+        return key, None, verdict
+    _policy.wait_turn(url)
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": _policy.user_agent})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if disallowed_header_directives and i2d_downloader.is_disallowed(
+                response.headers, user_agent_token, disallowed_header_directives
+            ):
+                return key, None, OPT_OUT_ERROR
+            return key, io.BytesIO(response.read()), None
+    except Exception as err:  # noqa: BLE001 - img2dataset's contract: the error text becomes the row's error
+        return key, None, str(err)
 
 
 _install_lock = threading.Lock()
@@ -106,11 +126,7 @@ _install_count = 0
 
 @contextmanager
 def installed(policy: HostPolicy) -> Iterator[HostPolicy]:
-    """Route img2dataset's fetches in this process through ``policy`` while the block runs.
-
-    Concurrent downloads in one process (threads of a task runner) share the first policy installed,
-    so the per-host limit holds across them.
-    """
+    """Route img2dataset's fetches in this process through ``policy`` while the block runs."""
     global _policy, _install_count
     with _install_lock:
         if _install_count == 0:

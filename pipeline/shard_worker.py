@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -37,11 +38,16 @@ class _Worker:
             bufsize=1,
         )
 
-    def run(self, job: Path, log: Path) -> bool:
+    def run(self, job: Path, log: Path, timeout: float | None = None) -> bool:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(json.dumps({"job": str(job), "log": str(log)}) + "\n")
             self.proc.stdin.flush()
+            # A server that drips bytes defeats per-request timeouts: bound the whole shard too.
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            if not ready:
+                self.kill()
+                raise WorkerDied(f"shard worker {self.proc.pid} still busy after {timeout} s on {job}; killed")
             answer = self.proc.stdout.readline()
         except (BrokenPipeError, OSError) as err:
             raise WorkerDied(f"shard worker {self.proc.pid} is gone: {err}") from err
@@ -49,6 +55,10 @@ class _Worker:
             code = self.proc.wait()
             raise WorkerDied(f"shard worker {self.proc.pid} exited with code {code} while running {job}; see {log}")
         return bool(json.loads(answer)["ok"])
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()  # reap it: no zombie left behind
 
     def close(self) -> None:
         if self.proc.stdin:
@@ -63,16 +73,19 @@ _idle: list[_Worker] = []
 _lock = threading.Lock()
 
 
-def run_in_worker(job: Path, log: Path) -> bool:
-    """Run one job file in an idle child (started if none is idle); True when the shard completed."""
+def run_in_worker(job: Path, log: Path, timeout: float | None = None) -> bool:
+    """Run one job file in an idle child (started if none is idle); True when the shard completed.
+
+    ``timeout`` bounds the whole job: past it the child is killed and :class:`WorkerDied` raised.
+    """
     with _lock:
         worker = _idle.pop() if _idle else None
     if worker is None or worker.proc.poll() is not None:
         worker = _Worker()
     try:
-        ok = worker.run(job, log)
+        ok = worker.run(job, log, timeout)
     except BaseException:
-        worker.proc.kill()
+        worker.kill()
         raise
     with _lock:
         _idle.append(worker)

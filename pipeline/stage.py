@@ -9,6 +9,8 @@ nothing is duplicated) or a complete shard.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -39,15 +41,40 @@ class StageDir:
         return sorted(p.name.removesuffix(".done.json") for p in self.root.glob("*.done.json"))
 
 
+class StageMismatch(RuntimeError):
+    """A finished shard was made from other inputs or settings than the current run's."""
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of JSON-able inputs/settings that decide a shard's output."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_shard(
     stage: StageDir,
     shard: str,
     work: Callable[[Path], dict[str, Any]],
     provenance: dict[str, Any],
+    decides_output: Any = None,
 ) -> dict[str, Any]:
-    """Run ``work`` for one shard unless it is already done; return the shard's marker content."""
+    """Run ``work`` for one shard unless it is already done; return the shard's marker content.
+
+    ``decides_output`` (inputs and settings that change what ``work`` writes) is fingerprinted into the
+    marker; a finished shard with another fingerprint is refused with :class:`StageMismatch`, so a changed
+    recipe never silently reuses old outputs.
+    """
+    expected = fingerprint(decides_output)
     if stage.is_done(shard):
-        return read_json(stage.marker(shard))
+        record = read_json(stage.marker(shard))
+        if record.get("fingerprint", expected) != expected:
+            raise StageMismatch(
+                f"{stage.marker(shard)}: this shard was made from other inputs or settings than this run's "
+                f"({record.get('fingerprint')} != {expected}); build into a new output_dir, or delete "
+                f"{stage.root} to redo the stage"
+            )
+        return record
+    for stale in (stage.root / "_tmp").glob(f"{shard}-*"):  # leftovers of a killed attempt at this shard
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = stage.root / "_tmp" / f"{shard}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     started = time.time()
@@ -63,6 +90,7 @@ def run_shard(
             pass
     record = {
         "shard": shard,
+        "fingerprint": expected,
         "stats": stats,
         "seconds": round(time.time() - started, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,4 +1,4 @@
-"""The build summary: candidates per source, per status and per license, and a check that they add up."""
+"""The build summary: candidates per source, per status, per rule and per license (the merge checked they add up)."""
 
 from __future__ import annotations
 
@@ -37,8 +37,6 @@ def summarize(manifest: Path) -> dict[str, Any]:
             "SELECT coalesce(license, '(none)'), status, count(*) FROM m GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"
         ),
     }
-    if sum(by_status.values()) != total:
-        raise AssertionError(f"status counts {by_status} do not add up to {total} candidates")
     return summary
 
 

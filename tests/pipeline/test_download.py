@@ -61,11 +61,57 @@ def test_robots_txt_is_ignored_only_when_the_recipe_says_so(tmp_path):
     assert {s for s, _ in statuses(rude).values()} == {"ok"}
 
 
-@pytest.mark.parametrize(("robots_status", "expected"), [(404, "ok"), (503, "robots_disallowed")])
+@pytest.mark.parametrize(("robots_status", "expected"), [(404, "ok"), (503, "failed_download")])
 def test_robots_txt_http_errors_follow_rfc_9309(tmp_path, robots_status, expected):
+    """4xx: no rules, fetch. 5xx: unreachable, so assumed disallowed, but not final: failed_download, not fetched."""
     with ImageHost(robots_status=robots_status) as host:
         result = run_all(recipe_with(tmp_path, candidates([f"{host.url}/img/1.jpg"])))
+        fetched = "/img/1.jpg" in host.paths()
     assert [s for s, _ in statuses(result).values()] == [expected]
+    assert fetched == (expected == "ok")
+    if expected != "ok":
+        assert "robots.txt unreachable" in next(iter(statuses(result).values()))[1]
+
+
+def test_robots_txt_wildcards_and_longest_match(tmp_path):
+    robots = "User-agent: plantmix\nAllow: /img/\nDisallow: /img/*3.jpg$\nDisallow: /img/5\nAllow: /img/55.jpg\n"
+    with ImageHost(robots=robots) as host:
+        urls = [f"{host.url}/img/{i}.jpg" for i in (1, 3, 13, 5, 55)]
+        result = run_all(recipe_with(tmp_path, candidates(urls)))
+    got = {k.split("/")[-1]: v[0] for k, v in statuses(result).items()}
+    assert got == {"1.jpg": "ok", "3.jpg": "robots_disallowed", "13.jpg": "robots_disallowed",
+                   "5.jpg": "robots_disallowed", "55.jpg": "ok"}  # fmt: skip
+
+
+def test_every_request_carries_the_recipes_user_agent(tmp_path):
+    agent = "TestBot/1.0 (+https://example.org/contact)"
+    with ImageHost() as host:
+        run_all(recipe_with(tmp_path, candidates([f"{host.url}/img/{i}.jpg" for i in range(3)]), user_agent=agent))
+        seen = {(p, h.get("User-Agent")) for _, p, h in host.requests}
+    assert ("/robots.txt", agent) in seen
+    assert {a for _, a in seen} == {agent}
+
+
+def test_a_changed_recipe_never_reuses_old_shards(tmp_path):
+    from pipeline.stage import StageMismatch
+
+    with ImageHost() as host:
+        rows = candidates([f"{host.url}/img/{i}.jpg" for i in range(4)])
+        run_all(recipe_with(tmp_path, rows))
+        with pytest.raises(StageMismatch, match="other inputs or settings"):
+            run_all(recipe_with(tmp_path, rows, image_size=32))
+        with pytest.raises(StageMismatch, match="other candidates or shard_size"):
+            run_all(recipe_with(tmp_path, rows + candidates([f"{host.url}/img/9.jpg"], source="other")))
+
+
+def test_a_shard_that_hangs_is_killed_after_its_deadline(tmp_path):
+    with ImageHost(slow_seconds=5) as host:
+        recipe = recipe_with(tmp_path, candidates([f"{host.url}/slow/1.jpg"]), timeout=30, shard_timeout_seconds=1)
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match="still busy after 1"):
+            run_all(recipe)
+    assert time.monotonic() - start < 5
+    assert not (tmp_path / "build" / "download" / "00000.done.json").exists()
 
 
 def test_per_host_rate_limit_spaces_requests(tmp_path):
@@ -94,11 +140,11 @@ def test_a_failed_shard_leaves_no_output_and_a_rerun_completes_it(tmp_path, monk
         real = shard_worker.run_in_worker
         calls = []
 
-        def dies_once(job, log):
+        def dies_once(job, log, timeout=None):
             calls.append(job)
             if len(calls) == 2:
                 raise shard_worker.WorkerDied("simulated crash")
-            return real(job, log)
+            return real(job, log, timeout)
 
         monkeypatch.setattr(shard_worker, "run_in_worker", dies_once)
         shards = build.plan(recipe)
