@@ -21,7 +21,8 @@ def pool_recipe(tmp_path, rows: list[tuple[str, str, str]], caption_style: str =
 def test_every_row_once_and_repeats_rejected(tmp_path, monkeypatch, batch_rows):
     monkeypatch.setattr(crawl, "BATCH_ROWS", batch_rows)
     rows = [("a", "http://h/1.jpg", "one two"), ("b", "http://h/2.jpg", "three four"),
-            ("a", "http://h/3.jpg", "five six"), ("c", "ftp://h/4.jpg", "seven eight"), ("d", "http://h/5.jpg", "x y")]  # fmt: skip
+            ("a", "http://h/3.jpg", "five six"), ("c", "ftp://h/4.jpg", "seven eight"),
+            ("d", "http://h/5.jpg", "x y")]  # fmt: skip
     recipe = pool_recipe(tmp_path, rows)
     record = crawl.crawl_source(recipe, recipe.sources[0], tmp_path / "build")
     table = pq.read_table(tmp_path / "build" / "crawl" / "pool.parquet").to_pylist()
