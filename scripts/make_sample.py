@@ -511,7 +511,6 @@ def write_gbif(sample: Sample, shared: list[tuple[str, bytes]]) -> None:
             ]
         )
         for index, defect in enumerate(defects):
-            record = f"{gbif_id}:{index}"
             kind, fmt, ext = (
                 ("Sound", "audio/mpeg", "mp3") if defect == "sound" else ("StillImage", "image/jpeg", "jpg")
             )
@@ -525,6 +524,7 @@ def write_gbif(sample: Sample, shared: list[tuple[str, bytes]]) -> None:
             elif defect in ("404", "sound"):
                 data = None
             url = sample.image(f"{folder_name}/{gbif_id}_{index}.{ext}", data)
+            record = f"{gbif_id}:{url}"  # as the adapter: occurrence + media URL, independent of row order
             title = f"{name} - {rng.choice(['flower', 'leaf', 'fruit', 'habit'])}" if rng.random() < 0.4 else ""
             media.append(
                 [

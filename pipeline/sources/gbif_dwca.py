@@ -11,8 +11,8 @@ Images come from GBIF's Multimedia extension (http://rs.gbif.org/terms/1.0/Multi
 or ``dc:creator`` for the credit line. Taxonomy comes from the occurrence row (kingdom..genus, specificEpithet /
 GBIF's ``species``, scientificName, taxonRank, vernacularName). Pl@ntNet's GBIF datasets are read this way.
 
-``source_record_id`` = ``"{gbifID or core id}:{n}"`` with n the 0-based position of the media row among its
-occurrence's media; ``page_url`` = media or occurrence ``references``, else https://www.gbif.org/occurrence/{gbifID}.
+``source_record_id`` = ``"{gbifID or core id}:{media identifier URL}"``: stable when GBIF regenerates a
+download in another row order; ``page_url`` = media or occurrence ``references``, else https://www.gbif.org/occurrence/{gbifID}.
 Memory: the occurrence core is held in a dict (only the terms used); multimedia rows stream.
 Occurrences without a media row yield nothing (there is no image to crawl); their count is logged.
 ``input_file`` of a row is ``"<archive>!<member>"``.
@@ -141,17 +141,16 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
     core, media = archive.core_and_extension(OCCURRENCE, MULTIMEDIA, required_terms=[MEDIA_TERMS["identifier"]])
     occurrences = _load_occurrences(archive, core)
     media_label = archive.label(media.location)
-    seen: dict[str, int] = {}
+    with_media: set[str] = set()
     for number, line, fields in _records(archive, media):
         values = {name: media.value(fields, uri) for name, uri in MEDIA_TERMS.items()}
         core_id = fields[media.id_index] if len(fields) > media.id_index else ""
-        index = seen.get(core_id, 0)
-        seen[core_id] = index + 1
+        with_media.add(core_id)
         occurrence = occurrences.get(core_id)
         record_id = (occurrence or {}).get("gbifID") or core_id
         partial: dict[str, Any] = {
             "source": config.name,
-            "source_record_id": f"{record_id}:{index}",
+            "source_record_id": f"{record_id}:{values['identifier']}",
             "domain": "plant",
             "url": rewrite_url(values["identifier"], config.url_rewrite or {}),
             "original_text": values["title"] or values["description"],
@@ -181,7 +180,7 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
         partial["license"] = values["license"] or (occurrence or {}).get("license")
         partial["rights_holder"] = values["rightsHolder"] or values["creator"] or (occurrence or {}).get("rightsHolder")
         yield build_row(partial, ctx)
-    without_media = len(set(occurrences) - set(seen))
+    without_media = len(set(occurrences) - with_media)
     if without_media:
         log.info(
             "%s: %d occurrence(s) have no multimedia row (no image to crawl)",
