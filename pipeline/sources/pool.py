@@ -20,6 +20,7 @@ is not a JSON object, or a CSV row with the wrong field count, is a rejected row
 
 from __future__ import annotations
 
+import glob
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl
 
 @dataclass
 class Config:
-    path: str  # pool file: .parquet, .csv, .tsv, .jsonl (text formats may end in .gz)
+    path: str  # pool file (.parquet, .csv, .tsv, .jsonl; text may end in .gz), a folder of them, or a glob
     name: str = "pool"  # registry name written to the `source` column
     format: str | None = None  # parquet | csv | tsv | jsonl; None = from the file extension
     url_col: str = "url"  # image URL column
@@ -88,14 +89,14 @@ def _missing(config: Config, found: list[str], label: str) -> None:
         raise SourceError(f"{label}: missing configured column(s) {missing}; found columns {found}")
 
 
-def _parquet(config: Config) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+def _parquet(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], str | None]]:
     try:
-        parquet = pq.ParquetFile(config.path)
+        parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
-        raise SourceError(f"{config.path}: not a readable Parquet file ({exc})") from None
-    _missing(config, parquet.schema_arrow.names, config.path)
+        raise SourceError(f"{path}: not a readable Parquet file ({exc})") from None
+    _missing(config, parquet.schema_arrow.names, path)
     if parquet.metadata.num_rows == 0:
-        raise SourceError(f"{config.path}: empty file (0 rows)")
+        raise SourceError(f"{path}: empty file (0 rows)")
     number = 0
     for batch in parquet.iter_batches(batch_size=8192, columns=config.columns):
         for values in batch.to_pylist():
@@ -103,16 +104,16 @@ def _parquet(config: Config) -> Iterator[tuple[int, dict[str, Any], str | None]]
             yield number, values, None
 
 
-def _delimited(config: Config) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+def _delimited(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], str | None]]:
     delimiter = "\t" if config.format == "tsv" else ","
-    for record in read_table(config.path, required=config.columns, delimiter=delimiter, quotechar='"'):
+    for record in read_table(path, required=config.columns, delimiter=delimiter, quotechar='"'):
         yield record.row, record.values, (f"line {record.line}: {record.problem}" if record.problem else None)
 
 
-def _jsonl(config: Config) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+def _jsonl(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], str | None]]:
     number = 0
-    with open_binary(config.path) as binary:
-        lines = DecodedLines(binary, config.path, "utf-8")
+    with open_binary(path) as binary:
+        lines = DecodedLines(binary, path, "utf-8")
         for text in lines:
             if not text.strip():
                 continue
@@ -126,19 +127,44 @@ def _jsonl(config: Config) -> Iterator[tuple[int, dict[str, Any], str | None]]:
                 yield number, {}, f"line {lines.line}: expected a JSON object, found {type(values).__name__}"
                 continue
             if number == 1:  # the first object tells whether the column names are configured right
-                _missing(config, sorted(values), config.path)
+                _missing(config, sorted(values), path)
             yield number, values, None
     if number == 0:
-        raise SourceError(f"{config.path}: empty file; expected JSON Lines with keys {config.columns}")
+        raise SourceError(f"{path}: empty file; expected JSON Lines with keys {config.columns}")
 
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def pool_files(config: Config) -> list[str]:
+    """The file ``path`` names, or every file of the pool's format in a folder / matching a glob, sorted.
+
+    Real pools ship as thousands of part files (DataComp, LAION); the order is stable, so ids and plans are too.
+    """
+    path = Path(config.path)
+    if path.is_dir():
+        suffixes = {s for s, f in FORMATS.items() if f == config.format}
+        files = sorted(
+            str(p) for p in path.iterdir() if p.is_file() and Path(p.name.removesuffix(".gz")).suffix in suffixes
+        )
+    elif any(c in config.path for c in "*?["):
+        files = sorted(glob.glob(config.path))
+    else:
+        files = [config.path]
+    if not files:
+        raise SourceError(f"{config.path}: no {config.format} pool files there")
+    return files
+
+
 def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
-    """Yield one candidate row per pool row (rejected rows included, with their reason)."""
-    rows = {"parquet": _parquet, "csv": _delimited, "tsv": _delimited, "jsonl": _jsonl}[config.format or ""](config)
+    """Yield one candidate row per pool row of every pool file (rejected rows included, with their reason)."""
+    reader = {"parquet": _parquet, "csv": _delimited, "tsv": _delimited, "jsonl": _jsonl}[config.format or ""]
+    for path in pool_files(config):
+        yield from _read_file(config, ctx, path, reader(config, path))
+
+
+def _read_file(config: Config, ctx: CrawlContext, path: str, rows: Iterator) -> Iterator[dict]:
     for number, values, problem in rows:
         raw_id = values.get(config.id_col) if config.id_col else None
         raw_license = values.get(config.license_col) if config.license_col else None
@@ -151,7 +177,7 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
             "original_text": _text(values.get(config.caption_col)),
             "license": _text(raw_license) or config.default_license,
             "rights_holder": _text(values.get(config.rights_holder_col)) if config.rights_holder_col else None,
-            "input_file": str(config.path),
+            "input_file": path,
             "input_row": number,
         }
         if problem:

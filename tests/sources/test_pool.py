@@ -100,3 +100,19 @@ def test_broken_parquet_and_bad_config(tmp_path, ctx):
         crawl(path, ctx)
     with pytest.raises(ConfigError, match="cannot tell the format"):
         crawl(tmp_path / "pool.xlsx", ctx)
+
+
+def test_a_folder_or_glob_of_part_files_is_read_in_name_order(tmp_path, ctx):
+    parts = tmp_path / "pool"
+    parts.mkdir()
+    for i in (1, 0):
+        pq.write_table(pa.table({"url": [f"https://h/{i}-{j}.jpg" for j in range(2)], "caption": ["a b", "c d"]}),
+                       parts / f"part-{i:05d}.parquet")  # fmt: skip
+    (parts / "README.txt").write_text("not a pool file")
+    by_folder = list(read_source("url_caption_pool", {"path": str(parts), "format": "parquet"}, ctx))
+    by_glob = list(read_source("url_caption_pool", {"path": str(parts / "part-*.parquet")}, ctx))
+    assert [r["url"] for r in by_folder] == [r["url"] for r in by_glob] == [
+        "https://h/0-0.jpg", "https://h/0-1.jpg", "https://h/1-0.jpg", "https://h/1-1.jpg"]  # fmt: skip
+    assert by_folder[2]["input_file"].endswith("part-00001.parquet") and by_folder[2]["input_row"] == 1
+    with pytest.raises(SourceError, match="no parquet pool files"):
+        list(read_source("url_caption_pool", {"path": str(tmp_path / "none-*.parquet")}, ctx))
