@@ -9,6 +9,7 @@ nothing is duplicated) or a complete shard.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -84,10 +85,8 @@ def run_shard(
             os.replace(item, stage.root / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with contextlib.suppress(OSError):
             tmp.parent.rmdir()  # only succeeds once no other shard of this stage is in flight
-        except OSError:
-            pass
     record = {
         "shard": shard,
         "fingerprint": expected,
