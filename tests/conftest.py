@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")  # tests read results, not the API's log store
 # A private Prefect home: in-process flows get their own temporary server and database.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="plantmix-test-prefect-")
 os.environ.pop("PREFECT_API_URL", None)
@@ -24,3 +25,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Stop Prefect's temporary in-process server while pytest's output streams are still open.
+
+    Otherwise Prefect stops it from an atexit hook after pytest closed them, and logs a noisy traceback.
+    """
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+    except ImportError:
+        return
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
