@@ -66,6 +66,8 @@ class DownloadConfig:
     )  # X-Robots-Tag directives that opt an image out of our dataset
     respect_robots_txt: bool = True  # check each host's robots.txt for our token before fetching
     max_requests_per_host_per_second: float = 5.0  # per-host rate limit inside one download process
+    # Per-host exceptions to that limit, e.g. {"inaturalist-open-data.s3.amazonaws.com": 50} for a CDN/bucket.
+    host_rate_overrides: dict[str, float] = field(default_factory=dict)
     shard_timeout_seconds: float = 6 * 3600  # a shard still running after this is killed and retried
     url_rewrite: dict[str, str] = field(default_factory=dict)  # URL prefix -> replacement (mirrors, offline sample)
 

@@ -142,6 +142,7 @@ def run_job(job_file: Path) -> bool:
         user_agent_token=config.user_agent_token,
         respect_robots_txt=config.respect_robots_txt,
         max_requests_per_second=config.max_requests_per_host_per_second,
+        host_rate_overrides=config.host_rate_overrides,
         robots_timeout=config.timeout,
     )
     with politeness.installed(policy):

@@ -43,6 +43,7 @@ class HostPolicy:
     user_agent_token: str  # the product token matched in robots.txt and X-Robots-Tag
     respect_robots_txt: bool = True
     max_requests_per_second: float = 5.0
+    host_rate_overrides: dict[str, float] = field(default_factory=dict)  # netloc -> requests/s
     robots_timeout: float = 10.0
     robots_retry_seconds: float = 60.0
     _robots: dict[str, tuple[Protego | None, float]] = field(default_factory=dict, repr=False)
@@ -84,10 +85,11 @@ class HostPolicy:
 
     def wait_turn(self, url: str) -> None:
         """Block until this host may be sent another request (a per-host spacing limiter)."""
-        if self.max_requests_per_second <= 0:
-            return
         host = urlsplit(url).netloc
-        interval = 1.0 / self.max_requests_per_second
+        rate = self.host_rate_overrides.get(host, self.max_requests_per_second)
+        if rate <= 0:
+            return
+        interval = 1.0 / rate
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next_slot.get(host, now))

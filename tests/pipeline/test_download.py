@@ -125,6 +125,16 @@ def test_per_host_rate_limit_spaces_requests(tmp_path):
     assert times[-1] - times[0] >= 11 / 8 - 0.05
 
 
+def test_a_host_override_lifts_the_limit_for_that_host_only(tmp_path):
+    with ImageHost() as host:
+        netloc = host.url.removeprefix("http://")
+        urls = [f"{host.url}/img/{i}.jpg" for i in range(12)]
+        run_all(recipe_with(tmp_path, candidates(urls), shard_size=12, thread_count=8,
+                            max_requests_per_host_per_second=1, host_rate_overrides={netloc: 1000}))  # fmt: skip
+        times = sorted(t for t, p, _ in host.requests if p.startswith("/img/"))
+    assert times[-1] - times[0] < 2  # at the default 1/s these 12 requests would take 11 s
+
+
 def test_rerun_skips_finished_shards(tmp_path):
     with ImageHost() as host:
         recipe = recipe_with(tmp_path, candidates([f"{host.url}/img/{i}.jpg" for i in range(20)]), shard_size=8)
