@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: install demo test lint bench clean-demo
+.PHONY: install demo test lint bench bench-scale clean-demo
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/download.py
+
+# The driver at 100k and 1M synthetic candidates: time and peak RSS per stage (a few minutes).
+bench-scale: install
+	$(PY) benchmarks/scale.py
 
 clean-demo:
 	rm -rf builds/demo

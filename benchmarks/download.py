@@ -24,10 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline import build, schema
-from pipeline.config import DownloadConfig, Recipe, SourceSpec
-from pipeline.io import write_parquet
-from pipeline.sample_server import SampleServer
+from pipeline.core import schema
+from pipeline.core.config import DownloadConfig, Recipe, SourceSpec
+from pipeline.core.harness import Build, run_reduce, run_step, run_unit
+from pipeline.demo.sample_server import SampleServer
+from pipeline.stages import STAGES
 
 
 def make_images(folder: Path, n: int, size: int) -> None:
@@ -81,11 +82,14 @@ def run_bare(url_file: Path, out: Path, cfg: DownloadConfig, processes: int) -> 
 
 
 def run_ours(recipe: Recipe, processes: int) -> float:
+    """Every stage after the crawl (download, judge; embed is off), units on a thread pool as the flow runs them."""
     start = time.perf_counter()
-    shards = build.plan(recipe)
-    with ThreadPoolExecutor(max_workers=processes) as pool:
-        list(pool.map(lambda s: build.download(recipe, s), shards))
-    build.finalize(recipe, shards)
+    build = Build.of(recipe)
+    for stage in STAGES[1:]:
+        units = stage.plan(build)
+        with ThreadPoolExecutor(max_workers=processes) as pool:
+            list(pool.map(lambda unit, stage=stage: run_unit(stage, build, unit), units))
+        run_reduce(stage, build)
     return time.perf_counter() - start
 
 
@@ -121,9 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         recipe = Recipe(
             name="bench", output_dir=str(work / "ours"), sources=[SourceSpec("bench", "url_caption_pool")], download=cfg
         )
-        write_parquet(
-            pa.Table.from_pylist(rows, schema=schema.CANDIDATE_SCHEMA), work / "ours" / "crawl" / "bench.parquet"
-        )
+        crawl = pa.Table.from_pylist(rows, schema=schema.CANDIDATE_SCHEMA)  # the crawl, done by hand (with its marker)
+        run_step(str(work / "ours" / "crawl"), "bench", lambda out: pq.write_table(crawl, out / "bench.parquet") or {})
 
         bare_s = run_bare(work / "urls.parquet", work / "bare", cfg, args.processes)
         ours_s = run_ours(recipe, args.processes)

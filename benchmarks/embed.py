@@ -26,14 +26,17 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from pipeline import embed
-from pipeline.config import EmbedConfig
+from pipeline.core.config import EmbedConfig, Recipe, SourceSpec
+from pipeline.core.harness import Build, run_unit
+from pipeline.stages.embed import EmbedStage
+from pipeline.stages.embed.clip_model import load_clip
 
 TINY_CONFIG = Path(__file__).resolve().parent.parent / "dalip" / "model_configs" / "DALIP-Tiny.json"
 
 
 def make_shard(download_dir: Path, n: int, size: int) -> list[bytes]:
-    download_dir.mkdir(parents=True)
+    """A finished download shard in the stage's own formats: tar, download rows and the plan's captions."""
+    (download_dir / "plan").mkdir(parents=True)
     rng = np.random.default_rng(0)
     blobs, rows = [], []
     with wds.TarWriter(str(download_dir / "00000.tar")) as sink:
@@ -45,8 +48,10 @@ def make_shard(download_dir: Path, n: int, size: int) -> list[bytes]:
             sink.write({"__key__": key, "jpg": buf.getvalue(), "txt": f"a photo of plant number {i}"})
             blobs.append(buf.getvalue())
             rows.append({"sample_id": f"{i:032x}", "key": key, "caption": f"a photo of plant number {i}",
-                         "status": "success"})  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(rows), download_dir / "00000.parquet")
+                         "status": "ok"})  # fmt: skip
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table.select(["sample_id", "key", "status"]), download_dir / "00000.parquet")
+    pq.write_table(table.select(["sample_id", "caption"]), download_dir / "plan" / "00000.parquet")
     return blobs
 
 
@@ -84,10 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         blobs = make_shard(work / "download", args.images, args.size)
         captions = [f"a photo of plant number {i}" for i in range(args.images)]
-        embed.load_clip(config)  # model construction is not what we measure, on either side
+        load_clip(config)  # model construction is not what we measure, on either side
         bare_s = bare_loop(config, blobs, captions)
+        recipe = Recipe(name="bench", output_dir=str(work), sources=[SourceSpec("bench", "url_caption_pool")],
+                        embed=config)  # fmt: skip
         start = time.perf_counter()
-        embed.embed_shard(work, 0, config)
+        run_unit(EmbedStage(), Build.of(recipe), "00000")
         ours_s = time.perf_counter() - start
         ours_ips, bare_ips = args.images / ours_s, args.images / bare_s
         print(f"bare open_clip loop: {args.images} images in {bare_s:.1f}s = {bare_ips:.1f} images/s")

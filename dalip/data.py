@@ -29,7 +29,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 log = logging.getLogger(__name__)
 
-# Manifest columns the trainer reads; the names are pipeline.schema's (a test holds them equal).
+# Manifest columns the trainer reads; the names are pipeline.core.schema's (a test holds them equal).
 COL_SAMPLE_ID = "sample_id"
 COL_KEEP = "keep"
 COL_STATUS = "status"

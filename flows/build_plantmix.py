@@ -1,9 +1,10 @@
-"""The ``build-plantmix`` flow: crawl every source, download and embed the shards, write the judged manifest.
+"""The ``build-plantmix`` flow: every stage of :data:`pipeline.stages.STAGES`, in order, as Prefect tasks.
 
-Each step is a task wrapping one ``pipeline.build`` function. Download shards are mapped, so the
-task runner decides where they run: threads on this machine by default, or a ``dask.distributed``
-cluster when a scheduler address is given. Only transient errors (network, disk, a failed shard)
-are retried; bad input fails the run at once with the error that names the file and row.
+For each stage: a plan task (its units), one task per unit (mapped, so the task runner decides where they run:
+threads here by default, or a ``dask.distributed`` cluster), then its global step. A stage that ``follows`` the
+previous one (embed follows download) starts unit k as soon as that stage's unit k is done. Only transient errors
+(network, disk, a dead shard worker) are retried; bad input fails the run at once with the error that names the
+file and row. Each stage publishes its counts, and long stages their progress, as Prefect artifacts.
 
 Run in-process (a temporary Prefect server starts by itself)::
 
@@ -14,72 +15,87 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task, unmapped
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline import build, sql
-from pipeline.config import Recipe, SourceSpec, load_recipe
-from pipeline.download import DownloadError
-from pipeline.summary import EXAMPLE_QUERY, render
+from flows.artifacts import Progress, publish_stage, publish_summary
+from pipeline.core.config import Recipe, load_recipe
+from pipeline.core.harness import TRANSIENT_ERRORS, Build, Stage, run_reduce, run_unit
+from pipeline.query import sql
+from pipeline.query.summary import EXAMPLE_QUERY, render
+from pipeline.runner import result, sample_hosting
+from pipeline.stages import STAGES
 
 
 def transient_only(task, task_run, state) -> bool:
     """Retry a task only for errors a second try can fix (network, disk, a shard img2dataset gave up on)."""
     error = state.result(raise_on_failure=False)
-    return isinstance(error, (DownloadError, ConnectionError, TimeoutError)) or type(error) is OSError
+    return isinstance(error, TRANSIENT_ERRORS) or type(error) is OSError
 
 
-@task(name="crawl-source", task_run_name="crawl-{spec.name}")
-def crawl_task(recipe: Recipe, spec: SourceSpec) -> dict[str, Any]:
-    return build.crawl_source(recipe, spec, build.build_dir(recipe))
+@task(name="plan", task_run_name="plan-{stage.name}")
+def plan_task(stage: Stage, build: Build) -> list[str]:
+    return stage.plan(build)
 
 
-@task(name="plan-download")
-def plan_task(recipe: Recipe) -> list[dict[str, Any]]:
-    return build.plan(recipe)
+@task(name="unit", task_run_name="{stage.name}-{unit}", retry_delay_seconds=5, retry_condition_fn=transient_only)
+def unit_task(stage: Stage, build: Build, unit: str) -> dict[str, Any]:
+    return run_unit(stage, build, unit)
 
 
-@task(
-    name="download-shard",
-    task_run_name="download-{shard[shard_id]}",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=transient_only,
-)
-def download_task(recipe: Recipe, shard: dict[str, Any]) -> dict[str, Any]:
-    return build.download(recipe, shard)
+@task(name="reduce", task_run_name="reduce-{stage.name}")
+def reduce_task(stage: Stage, build: Build) -> dict[str, Any] | None:
+    return run_reduce(stage, build)
 
 
-@task(
-    name="embed-shard",
-    task_run_name="embed-{shard[shard_id]}",
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=transient_only,
-)
-def embed_task(recipe: Recipe, shard: dict[str, Any], downloaded: dict[str, Any]) -> dict[str, Any]:
-    """``downloaded`` (the shard's download record) makes each embed wait for its own shard only."""
-    return build.embed(recipe, shard)
+class _Running:
+    """A stage whose units are in flight."""
+
+    def __init__(self, stage: Stage, futures: list[PrefectFuture], progress: Progress) -> None:
+        self.stage, self.futures, self.progress = stage, futures, progress
 
 
-@task(name="write-manifest")
-def finalize_task(recipe: Recipe, shards: list[dict[str, Any]]) -> dict[str, Any]:
-    return build.finalize(recipe, shards)
+def _start(stage: Stage, build: Build, upstream: _Running | None) -> _Running:
+    units = plan_task(stage, build)
+    mapped = unit_task.with_options(retries=stage.retries)
+    if upstream is not None:  # unit k waits for upstream unit k only
+        futures = [
+            mapped.submit(stage, build, unit, wait_for=[up]) for unit, up in zip(units, upstream.futures, strict=True)
+        ]
+    else:
+        futures = list(mapped.map(stage=unmapped(stage), build=unmapped(build), unit=units))
+    return _Running(stage, futures, Progress(build, stage, len(units)))
+
+
+def _finish(running: list[_Running], build: Build) -> None:
+    """Wait for every unit in flight (progress as they finish), then each stage's global step and artifacts."""
+    by_future = {id(f): r for r in running for f in r.futures}
+    for future in as_completed([f for r in running for f in r.futures]):
+        future.result()  # a failed unit fails the flow here, with its own error
+        by_future[id(future)].progress.advance()
+    for r in running:
+        reduce_task(r.stage, build)
+        publish_stage(build, r.stage)
 
 
 @flow(name="build-plantmix-stages")
 def build_stages(recipe: Recipe) -> dict[str, Any]:
-    crawl_task.map(recipe=unmapped(recipe), spec=recipe.sources).result()
-    with build.sample_hosting(recipe) as hosted:
-        shards = plan_task(hosted)
-        downloaded = download_task.map(recipe=unmapped(hosted), shard=shards)
-        embedded = embed_task.map(recipe=unmapped(recipe), shard=shards, downloaded=downloaded)
-        downloaded.result()  # the sample host stays up until every shard is fetched
-    embedded.result()
-    return finalize_task(recipe, shards)
+    with sample_hosting(recipe) as hosted:  # the sample host, if any, stays up for the whole chain
+        build = Build.of(hosted)
+        running: list[_Running] = []
+        for stage in STAGES:
+            follows = running[-1] if running and stage.follows == running[-1].stage.name else None
+            if follows is None:
+                _finish(running, build)
+                running = []
+            running.append(_start(stage, build, follows))
+        _finish(running, build)
+    done = result(build)
+    publish_summary(build, done["summary"])
+    return done
 
 
 @flow(name="build-plantmix")
@@ -89,9 +105,9 @@ def build_plantmix(
     dask_address: str | None = None,
     workers: int = 2,
 ) -> dict[str, Any]:
-    """Build the manifest a recipe describes into its output_dir (or ``output_dir``).
+    """Build the manifest a recipe describes into its output_dir (or ``output_dir``: a folder or fsspec URL).
 
-    Shards run on ``workers`` threads of this process, or on the Dask cluster at ``dask_address``.
+    Units run on ``workers`` threads of this process, or on the Dask cluster at ``dask_address``.
     """
     loaded = load_recipe(recipe)
     if output_dir:
@@ -108,16 +124,16 @@ def build_plantmix(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.build_plantmix", description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="manifests/recipes/demo.yaml", help="build recipe (YAML)")
-    parser.add_argument("--output-dir", default=None, help="build folder (default: the recipe's output_dir)")
+    parser.add_argument("--output-dir", default=None, help="build folder or URL (default: the recipe's output_dir)")
     parser.add_argument("--dask-address", default=None, help="tcp://host:port of a Dask scheduler")
-    parser.add_argument("--workers", type=int, default=2, help="concurrent shard tasks without Dask")
+    parser.add_argument("--workers", type=int, default=2, help="concurrent unit tasks without Dask")
     args = parser.parse_args(argv)
-    result = build_plantmix(
+    done = build_plantmix(
         recipe=args.recipe, output_dir=args.output_dir, dask_address=args.dask_address, workers=args.workers
     )
-    print("\n" + render(result["summary"]))
-    print(f"\nmanifest: {result['manifest']}")
-    build_folder = str(Path(result["manifest"]).parent)
+    print("\n" + render(done["summary"]))
+    print(f"\nmanifest: {done['manifest']}")
+    build_folder = done["manifest"].rsplit("/", 1)[0]
     print(f'\nexample query: plantmix sql "{EXAMPLE_QUERY}" --build {build_folder}')
     print(sql.connect(build_folder).sql(EXAMPLE_QUERY))
     return 0

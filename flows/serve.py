@@ -19,7 +19,7 @@ from pathlib import Path
 from prefect import serve
 
 from flows.build_plantmix import build_plantmix
-from pipeline.config import load_recipe
+from pipeline.core.config import load_recipe
 
 RECIPES = Path("manifests/recipes")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Recipe, SourceSpec, load_recipe
+from pipeline.core.config import Recipe, SourceSpec, load_recipe
 from pipeline.sources.registry import load_adapter
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "manifests" / "recipes").glob("*.yaml"))

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from pipeline import captions, licenses
-from pipeline.schema import CANDIDATE_SCHEMA, STATUS_PENDING, STATUS_REJECTED, TAXONOMY_RANKS, sample_id_for
+from pipeline.core.schema import CANDIDATE_SCHEMA, STATUS_PENDING, STATUS_REJECTED, TAXONOMY_RANKS, sample_id_for
+from pipeline.sources import captions, licenses
 
 CANDIDATE_COLUMNS = tuple(CANDIDATE_SCHEMA.names)
 WEB_SCHEMES = ("http", "https")
@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class CrawlContext:
-    caption_style: str = "dalip"  # one of pipeline.captions.CAPTION_STYLES, chosen by the recipe
+    caption_style: str = "dalip"  # one of pipeline.sources.captions.CAPTION_STYLES, chosen by the recipe
     allowed_schemes: tuple[str, ...] = WEB_SCHEMES  # URL schemes a crawled web source may emit
 
     def __post_init__(self) -> None:

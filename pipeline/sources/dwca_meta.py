@@ -8,12 +8,14 @@ enclosed by ``"``, UTF-8, no header lines. Every problem raises ``SourceError`` 
 
 from __future__ import annotations
 
+import posixpath
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from pipeline.core.io import is_local, isdir, isfile, join, open_input, open_lines, url_to_fs
 from pipeline.sources.base import SourceError
 from pipeline.sources.textfiles import text_of
 
@@ -52,33 +54,42 @@ class FileSpec:
 
 
 class Archive:
-    """A DwC-A as a zip file or as the folder it unpacks to."""
+    """A DwC-A as a zip file or as the folder it unpacks to, local or at an fsspec URL (``s3://...``).
+
+    A local archive is named as pathlib spells it, a URL as written. A remote zip is read in place: zipfile seeks
+    in the fsspec file, so only the zip's directory and the members read are fetched.
+    """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path: Path | str = Path(path) if is_local(path) else str(path).rstrip("/")
         self.zip: zipfile.ZipFile | None = None
-        if self.path.is_dir():
+        if isdir(self.path):
             return
-        if not self.path.is_file():
+        if not isfile(self.path):
             raise SourceError(f"{self.path}: Darwin Core Archive not found")
         try:
-            self.zip = zipfile.ZipFile(self.path)
+            self.zip = zipfile.ZipFile(open_input(self.path))
         except (zipfile.BadZipFile, OSError) as exc:
             raise SourceError(
                 f"{self.path}: not a readable zip archive ({exc}); expected a Darwin Core Archive"
             ) from None
 
+    def member(self, name: str) -> str:
+        """Where a member of an unpacked archive is."""
+        return join(str(self.path), name)
+
     def label(self, member: str) -> str:
-        return f"{self.path}!{member}" if self.zip else str(self.path / member)
+        return f"{self.path}!{member}" if self.zip else self.member(member)
 
     def names(self) -> list[str]:
         if self.zip:
             return [name for name in self.zip.namelist() if not name.endswith("/")]
-        return sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file())
+        fs, root = url_to_fs(self.path)
+        return sorted(posixpath.relpath(p, root) for p in fs.find(root))
 
     def open(self, member: str) -> IO[bytes]:
         try:
-            return self.zip.open(member) if self.zip else open(self.path / member, "rb")
+            return self.zip.open(member) if self.zip else open_lines(self.member(member))
         except (KeyError, FileNotFoundError):
             raise SourceError(f"{self.label(member)}: file not in archive") from None
         except (zipfile.BadZipFile, OSError) as exc:

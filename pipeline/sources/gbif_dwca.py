@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.schema import TAXONOMY_RANKS
+from pipeline.core.schema import TAXONOMY_RANKS
 from pipeline.sources.base import (
     CrawlContext,
     SourceError,
@@ -74,7 +74,7 @@ STILL_IMAGE = ("stillimage", "http://purl.org/dc/dcmitype/stillimage")
 
 @dataclass
 class Config:
-    path: str  # DwC-A zip (e.g. a GBIF download) or the folder it unpacks to
+    path: str  # DwC-A zip (e.g. a GBIF download) or the folder it unpacks to; local or an fsspec URL (s3://...)
     name: str = "gbif"  # registry name written to the `source` column
     min_rank: str | None = "species"  # reject identifications coarser than this taxonRank; None = any rank
     kingdoms: tuple[str, ...] = ("Plantae",)  # accepted kingdoms (dwc:kingdom); empty = all

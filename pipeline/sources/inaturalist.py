@@ -13,7 +13,7 @@ images in the AWS open data bucket ``s3://inaturalist-open-data/``): four tab-se
 Image URL: ``{base_url}/photos/{photo_id}/{size}.{extension}``; page: ``https://www.inaturalist.org/photos/{id}``.
 The export has no common names: pass ``common_names``, a CSV (comma, header ``taxon_id,common_name``), e.g. derived
 from the VernacularNames file of iNaturalist's taxonomy DwC-A. Licenses are the photo's own (``CC-BY-NC``, ...,
-unversioned, see ``pipeline.licenses``); an empty license means all rights reserved and the row is rejected.
+unversioned, see ``pipeline.sources.licenses``); an empty license means all rights reserved and the row is rejected.
 Attribution follows iNaturalist: ``"(c) <name or login>, some rights reserved (CC BY-NC)"``.
 
 ``source_record_id`` is ``"{photo_id}:{observation_uuid}"``: photo_id alone repeats in real exports (one photo
@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.schema import TAXONOMY_RANKS
+from pipeline.core.io import is_local, isfile, join
+from pipeline.core.schema import TAXONOMY_RANKS
 from pipeline.sources.base import (
     ConfigError,
     CrawlContext,
@@ -57,7 +58,7 @@ OBSERVER_COLUMNS = ("observer_id", "login", "name")
 
 @dataclass
 class Config:
-    directory: str  # folder holding photos/observations/taxa/observers .csv or .csv.gz
+    directory: str  # folder holding photos/observations/taxa/observers .csv or .csv.gz; local or an fsspec URL
     name: str = "inaturalist"  # registry name written to the `source` column
     common_names: str | None = None  # optional CSV taxon_id,common_name; relative paths are inside `directory`
     base_url: str = "https://inaturalist-open-data.s3.amazonaws.com"  # bucket or mirror serving photos/<id>/<size>
@@ -84,14 +85,26 @@ class Config:
         return config_from_dict(cls, options, "inaturalist options")
 
 
-def _table(directory: Path, stem: str) -> Path:
-    for candidate in (directory / f"{stem}.csv", directory / f"{stem}.csv.gz"):
-        if candidate.is_file():
+def _inside(directory: str, name: str) -> str:
+    """``name`` in the export folder (a local folder as pathlib spells it, or a URL); a full URL is kept."""
+    if "://" in name:
+        return name
+    return str(Path(directory) / name) if is_local(directory) else join(directory.rstrip("/"), name)
+
+
+def _table(directory: str, stem: str) -> str:
+    for candidate in (_inside(directory, f"{stem}.csv"), _inside(directory, f"{stem}.csv.gz")):
+        if isfile(candidate):
             return candidate
-    raise SourceError(f"{directory}: missing {stem}.csv (or {stem}.csv.gz) of the iNaturalist export")
+    raise SourceError(f"{_folder(directory)}: missing {stem}.csv (or {stem}.csv.gz) of the iNaturalist export")
 
 
-def _lookup(path: Path, key: str, columns: tuple[str, ...], delimiter: str = "\t", quote: str | None = None) -> dict:
+def _folder(directory: str) -> str:
+    """The folder as error messages name it (pathlib's spelling for a local one, as before)."""
+    return str(Path(directory)) if is_local(directory) else directory
+
+
+def _lookup(path: str, key: str, columns: tuple[str, ...], delimiter: str = "\t", quote: str | None = None) -> dict:
     """Small table -> {key: values}; a malformed row here would corrupt every photo that joins to it, so it fails."""
     table: dict[str, dict[str, str | None]] = {}
     for record in read_table(path, required=columns, delimiter=delimiter, quotechar=quote):
@@ -124,14 +137,14 @@ class _Taxonomy:
 
 def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
     """Yield one candidate row per ``photos.csv`` row (rejected rows included, with their reason)."""
-    directory = Path(config.directory)
+    directory = config.directory
     photos_path = _table(directory, "photos")
     observations = _lookup(_table(directory, "observations"), "observation_uuid", OBSERVATION_COLUMNS)
     taxonomy = _Taxonomy(_lookup(_table(directory, "taxa"), "taxon_id", TAXA_COLUMNS))
     observers = _lookup(_table(directory, "observers"), "observer_id", OBSERVER_COLUMNS)
     common: dict[str, dict] = {}
     if config.common_names:
-        path = directory / config.common_names
+        path = _inside(directory, config.common_names)
         common = _lookup(path, "taxon_id", ("taxon_id", "common_name"), delimiter=",", quote='"')
 
     for record in read_table(photos_path, required=PHOTO_COLUMNS):
@@ -143,7 +156,7 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
             "domain": "plant",
             "page_url": f"https://www.inaturalist.org/photos/{photo_id}" if photo_id else None,
             "license": photo["license"],
-            "input_file": str(photos_path),
+            "input_file": photos_path,
             "input_row": record.row,
         }
         if photo_id and photo["extension"]:

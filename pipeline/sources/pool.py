@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import json
+import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.io import is_local, url_to_fs
 from pipeline.sources.base import (
     ConfigError,
     CrawlContext,
@@ -47,7 +49,8 @@ FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl
 
 @dataclass
 class Config:
-    path: str  # pool file (.parquet, .csv, .tsv, .jsonl; text may end in .gz), a folder of them, or a glob
+    path: str  # pool file (.parquet, .csv, .tsv, .jsonl; text may end in .gz), a folder of them, or a glob;
+    # a local path or an fsspec URL (s3://bucket/pool/, gs://..., hf://datasets/...)
     name: str = "pool"  # registry name written to the `source` column
     format: str | None = None  # parquet | csv | tsv | jsonl; None = from the file extension
     url_col: str = "url"  # image URL column
@@ -91,17 +94,25 @@ def _missing(config: Config, found: list[str], label: str) -> None:
 
 def _parquet(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], str | None]]:
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = _parquet_file(path)
     except (OSError, pa.ArrowException) as exc:
         raise SourceError(f"{path}: not a readable Parquet file ({exc})") from None
-    _missing(config, parquet.schema_arrow.names, path)
-    if parquet.metadata.num_rows == 0:
-        raise SourceError(f"{path}: empty file (0 rows)")
-    number = 0
-    for batch in parquet.iter_batches(batch_size=8192, columns=config.columns):
-        for values in batch.to_pylist():
-            number += 1
-            yield number, values, None
+    with parquet:
+        _missing(config, parquet.schema_arrow.names, path)
+        if parquet.metadata.num_rows == 0:
+            raise SourceError(f"{path}: empty file (0 rows)")
+        number = 0
+        for batch in parquet.iter_batches(batch_size=8192, columns=config.columns):
+            for values in batch.to_pylist():
+                number += 1
+                yield number, values, None
+
+
+def _parquet_file(path: str) -> pq.ParquetFile:
+    if is_local(path):
+        return pq.ParquetFile(path)
+    fs, remote = url_to_fs(path)
+    return pq.ParquetFile(remote, filesystem=fs)
 
 
 def _delimited(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], str | None]]:
@@ -141,20 +152,40 @@ def pool_files(config: Config) -> list[str]:
     """The file ``path`` names, or every file of the pool's format in a folder / matching a glob, sorted.
 
     Real pools ship as thousands of part files (DataComp, LAION); the order is stable, so ids and plans are too.
+    ``path`` may be an fsspec URL (``s3://bucket/pool/``, ``hf://datasets/...``): the store lists and globs.
     """
-    path = Path(config.path)
-    if path.is_dir():
-        suffixes = {s for s, f in FORMATS.items() if f == config.format}
-        files = sorted(
-            str(p) for p in path.iterdir() if p.is_file() and Path(p.name.removesuffix(".gz")).suffix in suffixes
-        )
-    elif any(c in config.path for c in "*?["):
-        files = sorted(glob.glob(config.path))
-    else:
-        files = [config.path]
+    suffixes = {s for s, f in FORMATS.items() if f == config.format}
+    files = _local_files(config.path, suffixes) if is_local(config.path) else _remote_files(config.path, suffixes)
     if not files:
         raise SourceError(f"{config.path}: no {config.format} pool files there")
     return files
+
+
+def _has_suffix(name: str, suffixes: set[str]) -> bool:
+    return Path(name.removesuffix(".gz")).suffix in suffixes
+
+
+def _local_files(path: str, suffixes: set[str]) -> list[str]:
+    if Path(path).is_dir():
+        return sorted(str(p) for p in Path(path).iterdir() if p.is_file() and _has_suffix(p.name, suffixes))
+    if any(c in path for c in "*?["):
+        return sorted(glob.glob(path))
+    return [path]
+
+
+def _remote_files(url: str, suffixes: set[str]) -> list[str]:
+    """The same choice on an object store (``s3://``, ``gs://``, ``hf://``); file names keep the URL's protocol."""
+    fs, path = url_to_fs(url)
+    if fs.isdir(path):
+        entries = fs.ls(path, detail=True)
+        return sorted(
+            fs.unstrip_protocol(e["name"])
+            for e in entries
+            if e["type"] == "file" and _has_suffix(posixpath.basename(e["name"]), suffixes)
+        )
+    if any(c in path for c in "*?["):
+        return sorted(fs.unstrip_protocol(p) for p in fs.glob(path))
+    return [url]
 
 
 def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:

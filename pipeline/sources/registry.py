@@ -1,4 +1,5 @@
-"""The source registry: adapter name -> module, read from ``manifests/sources.yaml``, and one way to run an adapter.
+"""The source registry: adapter name -> module, read from ``sources.yaml`` beside this module, and one way to
+run an adapter.
 
 The YAML maps each adapter name to ``module`` (importable path), ``description`` and ``format`` (where the
 published format is specified). A module is an adapter if it has a ``Config`` dataclass (with ``from_dict``) and
@@ -19,7 +20,7 @@ import yaml
 
 from pipeline.sources.base import ConfigError, CrawlContext
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "manifests" / "sources.yaml"
+DEFAULT_REGISTRY = Path(__file__).resolve().parent / "sources.yaml"  # package data, installed with the package
 
 
 @dataclass(frozen=True)

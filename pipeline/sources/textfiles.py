@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pipeline.core.io import is_local, isfile, open_input, open_lines
 from pipeline.sources.base import SourceError
 
 csv.field_size_limit(1 << 30)  # taxon ancestry / descriptions can be long; the default 128 KiB limit is arbitrary
@@ -34,11 +35,33 @@ class Record:
 
 
 def open_binary(path: str | Path) -> IO[bytes]:
-    """Open a file for binary reading, transparently gunzipping ``*.gz``."""
+    """Open a local file or an fsspec URL (``s3://...``) for binary reading, transparently gunzipping ``*.gz``."""
+    if not is_local(path):
+        return _open_remote(str(path))
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"{path}: file not found")
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _open_remote(url: str) -> IO[bytes]:
+    if not isfile(url):
+        raise SourceError(f"{url}: file not found")
+    return _GzipReader(open_input(url)) if url.endswith(".gz") else open_lines(url)
+
+
+class _GzipReader(gzip.GzipFile):
+    """Gunzips an open remote file and closes it too (a plain GzipFile leaves a file object it was given open)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self._remote = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._remote.close()
 
 
 class DecodedLines:

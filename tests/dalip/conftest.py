@@ -14,7 +14,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipeline.schema import MANIFEST_SCHEMA, sample_id_for
+from pipeline.core.schema import MANIFEST_SCHEMA, sample_id_for
 
 COLOURS = {
     "crimson": (200, 20, 40),

@@ -13,7 +13,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from dalip import data
 from dalip.data import ShardStream, make_loader, read_manifest
-from pipeline.schema import MANIFEST_SCHEMA
+from pipeline.core.schema import MANIFEST_SCHEMA
 from tests.dalip.conftest import write_dataset
 
 

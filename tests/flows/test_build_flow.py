@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from flows.build_plantmix import build_plantmix, main
 from tests.conftest import REPO, free_port
 
 RECIPE = str(REPO / "manifests" / "recipes" / "demo.yaml")
+DEDUP_REASONS = {"contaminated", "exact_duplicate", "caption_duplicate", "image_duplicate"}
 ADAPTER_SOURCE = {"inaturalist": "inaturalist", "gbif_dwca": "plantnet", "url_caption_pool": "general_pool"}
 
 
@@ -54,6 +56,64 @@ def test_every_sample_row_ends_with_the_expected_status(demo_build):
     assert reasons == {"clip_top_fraction"}  # the demo recipe's only rule that bites on this sample
     general_ok = [r for r in rows if r["source"] == "general_pool" and r["status"] == "ok"]
     assert sum(r["keep"] for r in general_ok) == 50  # top 90% of 55 scored general rows = ceil(49.5)
+
+
+def test_the_demo_manifest_is_the_same_row_for_row_as_before_the_stage_contract(demo_build):
+    """tests/data/...parquet: the demo's manifest as the code before the one-stage-contract rework wrote it."""
+    before = pq.read_table(REPO / "tests" / "data" / "demo_manifest_before_stage_contract.parquet")
+    now = _manifest(demo_build)
+    kept = [(f.name, f.type) for f in now.schema if f.name in before.schema.names]
+    assert kept == [(f.name, f.type) for f in before.schema]  # names, order, types
+    unchanged = [n for n in before.schema.names if n not in ("clip_score", "keep", "drop_reason")]
+    assert now.select(unchanged).to_pylist() == before.select(unchanged).to_pylist()  # order, ids, statuses
+    # Dedup came later: a row it drops now was kept then, or dropped by a rule that comes after dedup's.
+    for row, was in zip(now.to_pylist(), before.to_pylist(), strict=True):
+        if row["drop_reason"] in DEDUP_REASONS:
+            assert was["status"] == "ok" and was["drop_reason"] in (None, "clip_top_fraction")
+        else:
+            assert (row["keep"], row["drop_reason"]) == (was["keep"], was["drop_reason"])
+    import numpy as np
+
+    np.testing.assert_allclose(  # float32 cosines of a seeded model: equal up to CPU kernel rounding
+        now["clip_score"].to_numpy(zero_copy_only=False),
+        before["clip_score"].to_numpy(zero_copy_only=False),
+        atol=1e-4,
+    )
+
+
+def test_each_stage_shows_its_counts_and_progress_as_prefect_artifacts(demo_build):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["plantmix-demo-crawl", "plantmix-demo-download", "plantmix-demo-embed", "plantmix-demo-judge",
+            "plantmix-demo-summary", "plantmix-demo-download-progress", "plantmix-demo-embed-progress"]  # fmt: skip
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    latest = {}
+    for artifact in sorted(found, key=lambda a: a.created):
+        latest[artifact.key] = artifact
+    assert set(latest) == set(keys)
+    crawl = json.loads(latest["plantmix-demo-crawl"].data)
+    assert {"status": "(all)", "rows": 200} in crawl and {"status": "rejected", "rows": 17} in crawl
+    download = {r["status"]: r["rows"] for r in json.loads(latest["plantmix-demo-download"].data)}
+    assert download == {"ok": 174, "failed_download": 6, "opted_out": 2, "failed_decode": 1, "(all)": 183}
+    judge = json.loads(latest["plantmix-demo-judge"].data)
+    assert {"domain": "general", "drop_reason": "clip_top_fraction", "rows": 5} in judge
+    assert latest["plantmix-demo-download-progress"].data == 100.0
+    card = latest["plantmix-demo-summary"].data
+    assert "**200** candidates" in card and "manifest.parquet" in card and "plantmix sql" in card
+
+
+def test_the_manifest_and_every_marker_record_the_code_version(demo_build):
+    from pipeline.core.version import code_version
+
+    version = code_version()
+    meta = pq.read_metadata(demo_build / "manifest.parquet").metadata
+    assert meta[b"plantmix_code_version"].decode() == version and meta[b"plantmix_build"] == b"demo"
+    markers = list(demo_build.glob("*/*.done.json"))
+    assert {m.parent.name for m in markers} == {"crawl", "download", "embed", "judge"}
+    assert {json.loads(m.read_text())["code_version"] for m in markers} == {version}
+    assert json.loads((demo_build / "build.json").read_text())["code_version"] == version
 
 
 def test_kept_rows_point_at_their_image_in_a_shard(demo_build):
@@ -155,8 +215,8 @@ def test_dask_cluster_gives_the_same_manifest(demo_build, tmp_path, prefect_serv
 def test_dalip_trains_on_the_demo_manifest_and_its_checkpoint_embeds(demo_build, tmp_path):
     """The pipeline <-> trainer contract end to end: manifest + shards in, checkpoint out, checkpoint scores."""
     from dalip.train import main as train_main
-    from pipeline.clip_model import load_clip
-    from pipeline.config import EmbedConfig
+    from pipeline.core.config import EmbedConfig
+    from pipeline.stages.embed.clip_model import load_clip
 
     run = tmp_path / "run"
     train_main(["--manifest", str(demo_build / "manifest.parquet"), "--model", "DALIP-Tiny", "--epochs", "1",

@@ -1,6 +1,7 @@
 """`prefect deployment run build-plantmix/demo` against a real Prefect server on 127.0.0.1.
 
-Exactly the README's commands: start a server, serve the deployments, run one, watch it finish.
+Exactly the README's commands: start a server, serve the deployments, run one, watch it finish, list the
+artifacts it published.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def test_deployment_run_builds_the_demo(tmp_path, prefect_server):
         assert (out / "manifest.parquet").exists()
         assert summary["candidates"] == 200 and sum(summary["by_status"].values()) == 200
         assert summary["by_status"]["ok"] == 174
+        # The build is visible in the UI: every stage's counts, progress and the summary card are artifacts.
+        wide = {**env, "COLUMNS": "250"}  # rich shortens the keys to the terminal width otherwise
+        listed = subprocess.run([BIN / "prefect", "artifact", "ls"], env=wide, capture_output=True, text=True)
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        for key in ("crawl", "download", "embed", "judge", "summary", "download-progress"):
+            assert f"plantmix-demo-{key}" in listed.stdout, listed.stdout[-3000:]
     finally:
         if served is not None:
             stop(served)

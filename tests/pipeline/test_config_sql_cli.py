@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import cli, sql
-from pipeline.config import RecipeError, load_recipe
-from pipeline.manifest import ManifestError, check_manifest
-from pipeline.stage import StageDir, run_shard
+from pipeline.core.config import RecipeError, load_recipe
+from pipeline.core.harness import StageMismatch, read_marker, run_step
+from pipeline.query import cli, sql
+from pipeline.stages.judge.merge import ManifestError, check_manifest
 from tests.http_host import ImageHost
 from tests.pipeline.helpers import candidates, recipe_with
 from tests.pipeline.test_download import run_all
@@ -88,31 +88,44 @@ def test_cli_sql_and_summary(small_build, capsys):
 
 
 def test_stage_harness_keeps_nothing_from_a_failed_shard(tmp_path):
-    stage = StageDir(tmp_path / "stage")
+    stage = str(tmp_path / "stage")
 
     def broken(tmp):
         (tmp / "part.txt").write_text("half")
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        run_shard(stage, "00000", broken, {})
-    assert not stage.is_done("00000") and not (stage.root / "part.txt").exists()
-    record = run_shard(stage, "00000", lambda tmp: (tmp / "part.txt").write_text("whole") and {"rows": 1}, {"v": 1})
-    assert stage.is_done("00000") and (stage.root / "part.txt").read_text() == "whole"
+        run_step(stage, "00000", broken, provenance={})
+    assert read_marker(stage, "00000") is None and not (tmp_path / "stage" / "part.txt").exists()
+    assert not (tmp_path / "stage" / "_tmp").exists()  # the attempt's scratch folder is gone too
+    record = run_step(stage, "00000", lambda tmp: (tmp / "part.txt").write_text("whole") and {"rows": 1},
+                      decides={"v": 1}, provenance={"v": 1})  # fmt: skip
+    assert read_marker(stage, "00000") == record and (tmp_path / "stage" / "part.txt").read_text() == "whole"
     assert record["provenance"] == {"v": 1} and record["stats"] == {"rows": 1}
+    assert record["code_version"].startswith(("git:", "plantmix=="))
     # done: the work function is not called again
-    assert run_shard(stage, "00000", broken, {})["stats"] == {"rows": 1}
+    assert run_step(stage, "00000", broken, decides={"v": 1})["stats"] == {"rows": 1}
+    with pytest.raises(StageMismatch, match="other inputs or settings"):
+        run_step(stage, "00000", broken, decides={"v": 2})
+    redone = run_step(stage, "00000", lambda tmp: {"rows": 2}, decides={"v": 2}, on_change="redo")
+    assert redone["stats"] == {"rows": 2} and read_marker(stage, "00000")["stats"] == {"rows": 2}
 
 
-def test_manifest_check_refuses_lost_or_repeated_rows(small_build):
+def test_manifest_check_refuses_lost_or_repeated_rows(small_build, tmp_path):
     table = pq.read_table(small_build / "manifest.parquet")
     con = duckdb.connect()
     con.register("candidates", table)
-    check_manifest(con, table)
+
+    def check(t):
+        path = tmp_path / "m.parquet"
+        pq.write_table(t, path)
+        check_manifest(con, path)
+
+    check(table)
     with pytest.raises(ManifestError, match="7 rows for 8 candidates"):
-        check_manifest(con, table.slice(1))
+        check(table.slice(1))
     with pytest.raises(ManifestError, match="not unique"):
-        check_manifest(con, pa.concat_tables([table.slice(0, 7), table.slice(0, 1)]))
+        check(pa.concat_tables([table.slice(0, 7), table.slice(0, 1)]))
     pending = table.set_column(table.schema.get_field_index("status"), "status", pa.array(["pending"] * 8))
     with pytest.raises(ManifestError, match="without a final status"):
-        check_manifest(con, pending)
+        check(pending)

@@ -11,17 +11,11 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import build, shard_worker
-from pipeline.download import DownloadError
+from pipeline.core import workers
+from pipeline.stages.download import DownloadError
 from tests.http_host import ImageHost
-from tests.pipeline.helpers import candidates, recipe_with
-
-
-def run_all(recipe):
-    shards = build.plan(recipe)
-    for shard in shards:
-        build.download(recipe, shard)
-    return build.finalize(recipe, shards)
+from tests.pipeline.helpers import candidates, plan, recipe_with, run
+from tests.pipeline.helpers import run_after_crawl as run_all
 
 
 def statuses(result) -> dict[str, tuple[str, str | None]]:
@@ -93,15 +87,15 @@ def test_every_request_carries_the_recipes_user_agent(tmp_path):
 
 
 def test_a_changed_recipe_never_reuses_old_shards(tmp_path):
-    from pipeline.stage import StageMismatch
+    from pipeline.core.harness import StageMismatch
 
     with ImageHost() as host:
         rows = candidates([f"{host.url}/img/{i}.jpg" for i in range(4)])
         run_all(recipe_with(tmp_path, rows))
         with pytest.raises(StageMismatch, match="other inputs or settings"):
             run_all(recipe_with(tmp_path, rows, image_size=32))
-        with pytest.raises(StageMismatch, match="other candidates or shard_size"):
-            run_all(recipe_with(tmp_path, rows + candidates([f"{host.url}/img/9.jpg"], source="other")))
+        with pytest.raises(StageMismatch, match="download/_plan.done.json: made from other inputs"):
+            run_all(recipe_with(tmp_path, rows, shard_size=3))
 
 
 def test_a_shard_that_hangs_is_killed_after_its_deadline(tmp_path):
@@ -147,20 +141,20 @@ def test_rerun_skips_finished_shards(tmp_path):
 def test_a_failed_shard_leaves_no_output_and_a_rerun_completes_it(tmp_path, monkeypatch):
     with ImageHost() as host:
         recipe = recipe_with(tmp_path, candidates([f"{host.url}/img/{i}.jpg" for i in range(10)]), shard_size=5)
-        real = shard_worker.run_in_worker
+        real = workers.run_in_worker
         calls = []
 
-        def dies_once(job, log, timeout=None):
+        def dies_once(handler, job, log, timeout=None):
             calls.append(job)
             if len(calls) == 2:
-                raise shard_worker.WorkerDied("simulated crash")
-            return real(job, log, timeout)
+                raise workers.WorkerDied("simulated crash")
+            return real(handler, job, log, timeout)
 
-        monkeypatch.setattr(shard_worker, "run_in_worker", dies_once)
-        shards = build.plan(recipe)
-        build.download(recipe, shards[0])
+        monkeypatch.setattr(workers, "run_in_worker", dies_once)
+        shards = plan(recipe)
+        run(recipe, "download", shards[0])
         with pytest.raises(DownloadError, match="simulated crash"):
-            build.download(recipe, shards[1])
+            run(recipe, "download", shards[1])
         out = tmp_path / "build" / "download"
         assert not (out / "00001.tar").exists() and not (out / "00001.done.json").exists()
         result = run_all(recipe)
@@ -174,12 +168,12 @@ def test_killing_the_download_process_mid_shard_loses_nothing(tmp_path):
     with ImageHost(slow_seconds=0.3) as host:
         urls = [f"{host.url}/slow/{i}.jpg" for i in range(12)]
         recipe = recipe_with(tmp_path, candidates(urls), shard_size=12, thread_count=1, timeout=5)
-        shards = build.plan(recipe)
+        shards = plan(recipe)
         errors = []
 
         def attempt():
             try:
-                build.download(recipe, shards[0])
+                run(recipe, "download", shards[0])
             except DownloadError as err:
                 errors.append(err)
 
@@ -188,7 +182,7 @@ def test_killing_the_download_process_mid_shard_loses_nothing(tmp_path):
         deadline = time.monotonic() + 30
         while len(host.requests) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        children = [p for p in psutil.Process().children(recursive=True) if "pipeline.shard_worker" in p.cmdline()]
+        children = [p for p in psutil.Process().children(recursive=True) if "pipeline.core.workers" in p.cmdline()]
         assert children, "no shard worker process found"
         for child in children:
             os.kill(child.pid, signal.SIGKILL)
@@ -204,6 +198,14 @@ def test_killing_the_download_process_mid_shard_loses_nothing(tmp_path):
 
 def test_plan_is_stable_across_reruns(tmp_path):
     recipe = recipe_with(tmp_path, candidates([f"http://127.0.0.1:9/img/{i}.jpg" for i in range(20)]))
-    first = build.plan(recipe)
-    (tmp_path / "build" / "download" / "plan" / "_plan.json").unlink()
-    assert build.plan(recipe) == first
+    plan_dir = tmp_path / "build" / "download" / "plan"
+    first = plan(recipe)
+    files = {p.name: p.read_bytes() for p in plan_dir.glob("*.parquet")}
+    assert first == ["00000", "00001", "00002"] and len(files) == 3
+    (tmp_path / "build" / "download" / "_plan.done.json").unlink()
+    assert plan(recipe) == first
+    assert {p.name: p.read_bytes() for p in plan_dir.glob("*.parquet")} == files
+    ids = [pq.read_table(plan_dir / f"{s}.parquet")["sample_id"].to_pylist() for s in first]
+    assert [len(i) for i in ids] == [8, 8, 4] and sum(ids, []) == [
+        r["sample_id"] for r in candidates([f"http://127.0.0.1:9/img/{i}.jpg" for i in range(20)])
+    ]  # crawl order, cut into exact shards

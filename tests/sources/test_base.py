@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from pipeline.schema import CANDIDATE_SCHEMA, sample_id_for
+from pipeline.core.schema import CANDIDATE_SCHEMA, sample_id_for
 from pipeline.sources import registry
 from pipeline.sources.base import ConfigError, CrawlContext, build_row, rewrite_url
 from pipeline.sources.inaturalist import Config as InatConfig

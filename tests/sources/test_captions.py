@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.captions import CAPTION_STYLES, NoCaption, build_caption_variants, choose_caption
+from pipeline.sources.captions import CAPTION_STYLES, NoCaption, build_caption_variants, choose_caption
 
 IRIS = {
     "kingdom": "Plantae",

@@ -2,7 +2,7 @@ import pyarrow as pa
 import pytest
 from source_fixtures import MEDIA_TERMS, meta_xml, write_dwca
 
-from pipeline.schema import CANDIDATE_SCHEMA
+from pipeline.core.schema import CANDIDATE_SCHEMA
 from pipeline.sources.base import SourceError
 from pipeline.sources.registry import read_source
 

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 from source_fixtures import OBSERVATIONS, PHOTOS, tsv
 
-from pipeline.schema import CANDIDATE_SCHEMA
+from pipeline.core.schema import CANDIDATE_SCHEMA
 from pipeline.sources import inaturalist
 from pipeline.sources.base import SourceError
 from pipeline.sources.registry import read_source

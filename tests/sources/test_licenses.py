@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.licenses import License, NoOpenLicense, UnknownLicense, attribution_line, normalize_license
+from pipeline.sources.licenses import License, NoOpenLicense, UnknownLicense, attribution_line, normalize_license
 
 
 @pytest.mark.parametrize(

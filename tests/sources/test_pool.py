@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.schema import CANDIDATE_SCHEMA, sample_id_for
+from pipeline.core.schema import CANDIDATE_SCHEMA, sample_id_for
 from pipeline.sources.base import ConfigError, SourceError
 from pipeline.sources.registry import read_source
 

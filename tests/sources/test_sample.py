@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.schema import CANDIDATE_SCHEMA
+from pipeline.core.schema import CANDIDATE_SCHEMA
 from pipeline.sources.base import CrawlContext
 from pipeline.sources.registry import read_source
 

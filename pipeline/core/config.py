@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.captions import CAPTION_STYLES
+from pipeline.core.schema import CAPTION_STYLES
 
 
 @functools.lru_cache(maxsize=16)
@@ -42,7 +42,7 @@ class RecipeError(ValueError):
 @dataclass
 class SourceSpec:
     name: str  # registry-independent name of this source in the build, e.g. "inaturalist"
-    adapter: str  # adapter name in manifests/sources.yaml, e.g. "inaturalist", "gbif_dwca"
+    adapter: str  # adapter name in pipeline/sources/sources.yaml, e.g. "inaturalist", "gbif_dwca"
     options: dict[str, Any] = field(default_factory=dict)  # the adapter's own Config fields
 
 
@@ -124,14 +124,98 @@ class FilterConfig:
 
 
 @dataclass
+class ExactDedupConfig:
+    """Identical items: the same canonical URL or the same image bytes (``image_sha256``), among downloaded rows."""
+
+    by_url: bool = True  # scheme, host case, default port and fragment do not make two URLs different
+    by_image_sha256: bool = True
+
+
+@dataclass
+class CaptionDedupConfig:
+    """Caption near-duplicates: datasketch MinHash + LSH over caption shingles, clusters by union-find."""
+
+    shingle: str = "char"  # "char" n-grams (short alt texts) or "word" n-grams
+    ngram: int = 5  # shingle length (characters or words); shorter texts are one shingle
+    num_perm: int = 128  # MinHash permutations
+    threshold: float = 0.8  # Jaccard similarity (estimated from the signatures) that makes two captions duplicates
+    seed: int = 1  # MinHash permutation seed (datasketch's default, so signatures equal its MinHash)
+    backend: str = "memory"  # LSH index: "memory" (one process) or "redis" (datasketch's Redis storage, a cluster)
+    redis_url: str | None = None  # e.g. redis://10.0.0.5:6379/0 when backend is "redis"
+    # Caption kinds whose similarity alone may drop a row (free text: alt text, titles). Templated captions
+    # ("Iris tectorum, commonly known as Wall iris.") repeat for every image of a species: never dropped on caption.
+    caption_only_kinds: list[str] = field(default_factory=lambda: ["original"])
+
+    def __post_init__(self) -> None:
+        if self.shingle not in ("char", "word"):
+            raise RecipeError(f"shingle: expected 'char' or 'word', got {self.shingle!r}")
+        if self.backend not in ("memory", "redis"):
+            raise RecipeError(f"backend: expected 'memory' or 'redis', got {self.backend!r}")
+        if self.backend == "redis" and not self.redis_url:
+            raise RecipeError("backend redis needs redis_url, e.g. redis://127.0.0.1:6379/0")
+        if not 0 < self.threshold <= 1:
+            raise RecipeError(f"threshold: expected a Jaccard similarity in (0, 1], got {self.threshold}")
+
+
+@dataclass
+class ImageDedupConfig:
+    """Image near-duplicates: FAISS over the embed stage's image embeddings, clusters by union-find."""
+
+    threshold: float = 0.95  # cosine similarity of L2-normalised image embeddings that makes two images duplicates
+    exact_max_rows: int = 200_000  # exact search (IndexFlatIP) up to this many rows, an IVF index above
+    nlist: int | None = None  # IVF lists; None = about 4 * sqrt(rows)
+    nprobe: int = 16  # IVF lists searched per query
+    k: int = 32  # neighbours asked per query (range search is emulated by k-NN + threshold)
+    chunk_rows: int = 65_536  # queries per search call: bounds memory
+    method: str = "threshold"  # "threshold" (all pairs above it) or "semdedup" (k-means, then within clusters)
+    semdedup_clusters: int | None = None  # k-means clusters for semdedup; None = about sqrt(rows)
+
+    def __post_init__(self) -> None:
+        if not -1 <= self.threshold <= 1:
+            raise RecipeError(f"threshold: expected a cosine similarity in [-1, 1], got {self.threshold}")
+        if self.method not in ("threshold", "semdedup"):
+            raise RecipeError(f"method: expected 'threshold' or 'semdedup', got {self.method!r}")
+
+
+@dataclass
+class DecontaminationConfig:
+    """Training rows whose image matches an evaluation image are dropped (``contaminates`` names the benchmark)."""
+
+    # Benchmark name -> a folder of images (searched recursively) or a glob of webdataset shards.
+    eval_sets: dict[str, str] = field(default_factory=dict)
+    threshold: float = 0.95  # image-embedding cosine above which a training image counts as an evaluation image
+
+
+@dataclass
+class DedupConfig:
+    """The dedup stages; a section left out is off. Order of the drop reasons: contamination, exact, caption, image."""
+
+    exact: ExactDedupConfig | None = field(default_factory=ExactDedupConfig)
+    caption: CaptionDedupConfig | None = field(default_factory=CaptionDedupConfig)
+    image: ImageDedupConfig | None = field(default_factory=ImageDedupConfig)
+    decontamination: DecontaminationConfig | None = None
+
+
+@dataclass
+class DuckDBConfig:
+    """How the global steps (plan, repeat check, thresholds, merge) run DuckDB; memory stays under the limit."""
+
+    memory_limit: str = "2GB"  # DuckDB spills joins and sorts to temp_directory beyond this
+    threads: int | None = None  # None = DuckDB's default (all cores)
+    temp_directory: str | None = None  # spill space; None = <system temp>/plantmix-duckdb
+
+
+@dataclass
 class Recipe:
     name: str  # build name, also the deployment name
-    output_dir: str  # build folder; relative paths are relative to the current directory
+    output_dir: str  # build folder or fsspec URL (s3://...); relative paths are relative to the current directory
     sources: list[SourceSpec]
     caption_style: str = "dalip"  # one of CAPTION_STYLES
     download: DownloadConfig = field(default_factory=DownloadConfig)
     embed: EmbedConfig | None = None  # CLIP embeddings + scores per shard; None = stage off
+    dedup: DedupConfig | None = None  # exact, caption, image dedup and decontamination; None = stages off
     filter: FilterConfig = field(default_factory=FilterConfig)  # quality and CLIP-score rules
+    duckdb: DuckDBConfig = field(default_factory=DuckDBConfig)  # the global steps' DuckDB limits
     serve_sample: str | None = None  # folder served on loopback during the build (bundled offline sample)
     sample_host: str = "http://sample.plantmix.invalid/"  # URL prefix the sample's exports use
     later_stages: dict[str, Any] = field(default_factory=dict)  # placeholders for stages not built yet
@@ -147,6 +231,8 @@ class Recipe:
             raise RecipeError(f"sources: names must be unique, got {names}")
         if self.embed is None and (self.filter.clip_score_min is not None or self.filter.clip_top_fraction):
             raise RecipeError("filter: CLIP-score rules need the embed stage; add an `embed:` section")
+        if self.embed is None and self.dedup and (self.dedup.image or self.dedup.decontamination):
+            raise RecipeError("dedup: image dedup and decontamination need the embed stage; add an `embed:` section")
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

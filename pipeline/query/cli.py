@@ -4,7 +4,7 @@
     plantmix sql --build builds/demo            # interactive: one query per line, Ctrl-D to quit
     plantmix summary --build builds/demo
 
-Views: samples, kept, by_source, by_status, licenses, failures, taxa (manifests/sql/views.sql).
+Views: samples, kept, by_source, by_status, licenses, failures, taxa (pipeline/query/views.sql).
 The build itself runs through Prefect: ``python -m flows.build_plantmix --recipe ...``.
 """
 
@@ -16,8 +16,8 @@ import sys
 
 import duckdb
 
-from pipeline import sql
-from pipeline.summary import render, summarize
+from pipeline.query import sql
+from pipeline.query.summary import render, summarize
 
 
 def _print(rel: duckdb.DuckDBPyRelation, fmt: str) -> None:

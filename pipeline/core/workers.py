@@ -1,19 +1,21 @@
-"""Long-lived child interpreters that run one img2dataset shard at a time.
+"""Long-lived child interpreters that run one job at a time: a generic pool, with no knowledge of its jobs.
 
-Running img2dataset inside the caller's process is unsafe when the caller runs several shards at
-once on threads (a Prefect thread runner, a multi-threaded Dask worker): two of its downloaders in
-one process were seen to lose the process's own output. So each shard runs in a child Python
-process, as img2dataset's own distributor does. Children are reused from shard to shard (importing
-img2dataset, webdataset and torch costs ~5 s), one job at a time each, and exit when their parent
-closes their stdin. A child that dies mid-shard is reported as a failed shard (a rerun redoes it).
+Some libraries are unsafe to run several times at once in one process (img2dataset: two of its downloaders on
+threads of one process were seen to lose the process's own output), and a shard's deadline is only enforceable
+by killing a process. So such a shard runs in a child Python process, as img2dataset's own distributor does.
+Children are reused from job to job (importing img2dataset, webdataset and torch costs ~5 s), one job at a time
+each, and exit when their parent closes their stdin. A child that dies mid-job is reported as
+:class:`WorkerDied` (the caller's rerun redoes the shard).
 
-Protocol: the parent writes one JSON line ``{"job": path, "log": path}`` to the child's stdin; the
-child runs the job with its stdout/stderr sent to the log file and answers ``{"ok": bool}``.
+Protocol: the parent writes one JSON line ``{"handler": "module:function", "job": path, "log": path}`` to the
+child's stdin; the child imports the handler (once), runs ``handler(Path(job))`` with its stdout/stderr sent
+to the log file and answers ``{"ok": bool}``.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import os
 import select
@@ -31,17 +33,17 @@ class WorkerDied(RuntimeError):
 class _Worker:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.shard_worker"],
+            [sys.executable, "-m", "pipeline.core.workers"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             bufsize=1,
         )
 
-    def run(self, job: Path, log: Path, timeout: float | None = None) -> bool:
+    def run(self, handler: str, job: Path, log: Path, timeout: float | None = None) -> bool:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
-            self.proc.stdin.write(json.dumps({"job": str(job), "log": str(log)}) + "\n")
+            self.proc.stdin.write(json.dumps({"handler": handler, "job": str(job), "log": str(log)}) + "\n")
             self.proc.stdin.flush()
             # A server that drips bytes defeats per-request timeouts: bound the whole shard too.
             ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -73,8 +75,9 @@ _idle: list[_Worker] = []
 _lock = threading.Lock()
 
 
-def run_in_worker(job: Path, log: Path, timeout: float | None = None) -> bool:
-    """Run one job file in an idle child (started if none is idle); True when the shard completed.
+def run_in_worker(handler: str, job: Path, log: Path, timeout: float | None = None) -> bool:
+    """Run ``handler`` (``"module:function"``, taking the job file's path) on one job in an idle child (started if
+    none is idle); True when the handler returned a true value.
 
     ``timeout`` bounds the whole job: past it the child is killed and :class:`WorkerDied` raised.
     """
@@ -83,7 +86,7 @@ def run_in_worker(job: Path, log: Path, timeout: float | None = None) -> bool:
     if worker is None or worker.proc.poll() is not None:
         worker = _Worker()
     try:
-        ok = worker.run(job, log, timeout)
+        ok = worker.run(handler, job, log, timeout)
     except BaseException:
         worker.kill()
         raise
@@ -100,7 +103,12 @@ def _close_all() -> None:
         worker.close()
 
 
-def serve(handler: Callable[[Path], bool]) -> None:
+def _import_handler(name: str) -> Callable[[Path], bool]:
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def serve() -> None:
     """Child side: answer jobs from stdin until it closes; the job's output goes to its log file."""
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     for line in sys.stdin:
@@ -111,7 +119,7 @@ def serve(handler: Callable[[Path], bool]) -> None:
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
             try:
-                ok = handler(Path(request["job"]))
+                ok = bool(_import_handler(request["handler"])(Path(request["job"])))
             except Exception:  # noqa: BLE001 - reported to the parent as a failed shard, traceback in the log
                 import traceback
 
@@ -123,6 +131,4 @@ def serve(handler: Callable[[Path], bool]) -> None:
 
 
 if __name__ == "__main__":
-    from pipeline.download import run_job
-
-    serve(run_job)
+    serve()

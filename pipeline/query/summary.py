@@ -7,14 +7,17 @@ from typing import Any
 
 import duckdb
 
+from pipeline.core.duck import register_filesystems
+
 EXAMPLE_QUERY = (
     "SELECT source, count(*) AS candidates, count(*) FILTER (WHERE keep) AS kept "
     "FROM samples GROUP BY source ORDER BY source"
 )
 
 
-def summarize(manifest: Path) -> dict[str, Any]:
+def summarize(manifest: Path | str) -> dict[str, Any]:
     con = duckdb.connect()
+    register_filesystems(con, str(manifest))  # a manifest on an object store (plantmix summary --build s3://...)
     con.sql(f"CREATE VIEW m AS SELECT * FROM read_parquet('{manifest}')")
 
     def grouped(sql: str) -> dict[str, dict[str, int]]:
@@ -40,7 +43,13 @@ def summarize(manifest: Path) -> dict[str, Any]:
     return summary
 
 
+def _by_count(counts: dict[str, int]) -> dict[str, int]:
+    """Largest first, then by name (a summary read back from JSON has its keys sorted by name)."""
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
 def render(summary: dict[str, Any]) -> str:
+    summary = {**summary, "by_status": _by_count(summary["by_status"])}
     ok = summary["by_status"].get("ok", 0)
     lines = [f"candidates: {summary['candidates']}   downloaded (status ok): {ok}   kept: {summary['kept']}"]
     lines += ["", "by status:"]
@@ -55,6 +64,6 @@ def render(summary: dict[str, Any]) -> str:
     for title, key in sections:
         lines += ["", f"{title}:"]
         for name, counts in summary[key].items():
-            detail = ", ".join(f"{s} {n}" for s, n in counts.items())
+            detail = ", ".join(f"{s} {n}" for s, n in _by_count(counts).items())
             lines.append(f"  {name:<20} {sum(counts.values()):>8}   ({detail})")
     return "\n".join(lines)

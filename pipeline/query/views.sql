@@ -1,4 +1,4 @@
--- Views over one build's manifest. `plantmix sql` (pipeline/sql.py) substitutes {manifest}
+-- Views over one build's manifest. `plantmix sql` (pipeline/query/sql.py) substitutes {manifest}
 -- with the manifest's Parquet path (a glob or URL works too) and runs this file.
 
 -- Every candidate row of every source, with its status and, when dropped, the reason.
@@ -54,3 +54,28 @@ FROM samples WHERE clip_score IS NOT NULL GROUP BY ALL ORDER BY source;
 CREATE OR REPLACE VIEW filter_stats AS
 SELECT domain, coalesce(drop_reason, '(kept)') AS rule, count(*) AS n
 FROM samples GROUP BY ALL ORDER BY domain, n DESC;
+
+-- Duplicate groups: one row per (method, representative) with the members it stands for. The representative
+-- is kept by dedup (it may still fail another rule); every other member names it and was dropped for it.
+CREATE OR REPLACE VIEW duplicates AS
+WITH members AS (
+    SELECT 'exact' AS method, exact_dup_of AS representative, sample_id FROM samples WHERE exact_dup_of IS NOT NULL
+    UNION ALL
+    SELECT 'caption', text_cluster, sample_id FROM samples WHERE text_cluster IS NOT NULL AND text_cluster <> sample_id
+    UNION ALL
+    SELECT 'image', image_cluster, sample_id FROM samples WHERE image_cluster IS NOT NULL AND image_cluster <> sample_id
+)
+SELECT m.method, m.representative, any_value(r.source) AS representative_source,
+       any_value(r.caption) AS representative_caption, count(*) AS duplicates,
+       list(m.sample_id ORDER BY m.sample_id) AS members,
+       list(DISTINCT d.drop_reason) AS member_drop_reasons
+FROM members m
+JOIN samples r ON r.sample_id = m.representative
+JOIN samples d ON d.sample_id = m.sample_id
+GROUP BY m.method, m.representative
+ORDER BY m.method, duplicates DESC, m.representative;
+
+-- Rows that match an evaluation image, per benchmark.
+CREATE OR REPLACE VIEW contamination AS
+SELECT contaminates AS benchmark, source, count(*) AS rows
+FROM samples WHERE contaminates IS NOT NULL GROUP BY ALL ORDER BY benchmark, rows DESC;

@@ -31,6 +31,16 @@ STATUSES = (
     STATUS_ROBOTS_DISALLOWED,
 )
 
+# Caption conventions a recipe can choose (``caption_kind`` names the one a row got); see sources/captions.py.
+CAPTION_STYLES = (
+    "dalip",
+    "bioclip_scientific",
+    "bioclip_taxonomic",
+    "bioclip_scientific_common",
+    "bioclip_taxonomic_common",
+    "original",
+)
+
 TAXONOMY_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 TAXONOMY_TYPE = pa.struct([pa.field(rank, pa.string()) for rank in TAXONOMY_RANKS])
 
@@ -78,13 +88,21 @@ SCORE_FIELDS = [
     pa.field("clip_score", pa.float32()),  # cosine(image embedding, caption embedding)
 ]
 
+# Columns the dedup stages fill: what a row duplicates (a representative's sample_id) or contaminates.
+DEDUP_FIELDS = [
+    pa.field("exact_dup_of", pa.string()),  # same canonical URL or same image bytes as this (kept) row
+    pa.field("text_cluster", pa.string()),  # caption near-duplicate cluster, named by its representative
+    pa.field("image_cluster", pa.string()),  # image near-duplicate cluster, named by its representative
+    pa.field("contaminates", pa.string()),  # evaluation set whose image this row's image is
+]
+
 # The final decision; the first failing rule wins.
 DECISION_FIELDS = [
     pa.field("keep", pa.bool_(), nullable=False),
     pa.field("drop_reason", pa.string()),
 ]
 
-MANIFEST_SCHEMA = pa.schema(CANDIDATE_FIELDS + DOWNLOAD_FIELDS + SCORE_FIELDS + DECISION_FIELDS)
+MANIFEST_SCHEMA = pa.schema(CANDIDATE_FIELDS + DOWNLOAD_FIELDS + SCORE_FIELDS + DEDUP_FIELDS + DECISION_FIELDS)
 
 
 def sample_id_for(source: str, record_id: str) -> str:

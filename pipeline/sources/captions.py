@@ -24,16 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.schema import TAXONOMY_RANKS
-
-CAPTION_STYLES = (
-    "dalip",
-    "bioclip_scientific",
-    "bioclip_taxonomic",
-    "bioclip_scientific_common",
-    "bioclip_taxonomic_common",
-    "original",
-)
+from pipeline.core.schema import CAPTION_STYLES, TAXONOMY_RANKS
 
 # First available variant wins. Plant styles fall back to less specific plant templates before the original text,
 # because a template built from a checked identification is a better caption than an arbitrary title.

@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 import img2dataset.downloader as i2d_downloader
 from protego import Protego
 
-ROBOTS_ERROR_PREFIX = "robots.txt disallows"
-ROBOTS_UNREACHABLE_PREFIX = "robots.txt unreachable"
+from pipeline.stages.download.results import ROBOTS_ERROR_PREFIX, ROBOTS_UNREACHABLE_PREFIX
+
 OPT_OUT_ERROR = "Use of image disallowed by X-Robots-Tag directive"  # img2dataset's own wording
 _original_download_image = i2d_downloader.download_image
 

@@ -14,7 +14,7 @@ from typing import Any
 import open_clip
 import torch
 
-from pipeline.config import EmbedConfig
+from pipeline.core.config import EmbedConfig
 
 _cache: dict[tuple, tuple[Any, Any, Any]] = {}
 _lock = threading.Lock()

@@ -1,0 +1,59 @@
+"""DuckDB connections for the build's global steps: bounded memory, spill space, any fsspec filesystem.
+
+Every step that sees the whole build at once (the download plan, the crawl's repeat check, the thresholds and
+the merge) is a DuckDB query over the stages' Parquet files: DuckDB streams, spills joins and sorts to disk past
+``memory_limit``, and the driver never holds per-row Python objects.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+
+import duckdb
+
+from pipeline.core.config import DuckDBConfig
+from pipeline.core.io import is_local, url_to_fs
+
+
+def connect(config: DuckDBConfig | None = None, *urls: str) -> duckdb.DuckDBPyConnection:
+    """A connection with the recipe's memory limit and threads; ``urls`` on object stores become readable."""
+    config = config or DuckDBConfig()
+    con = duckdb.connect()
+    spill = config.temp_directory or os.path.join(tempfile.gettempdir(), "plantmix-duckdb")
+    # Never fetch extensions from the internet behind the user's back (object stores go through fsspec).
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute(f"SET memory_limit = {literal(config.memory_limit)}")
+    con.execute(f"SET temp_directory = {literal(spill)}")
+    if config.threads:
+        con.execute(f"SET threads = {int(config.threads)}")
+    register_filesystems(con, *urls)
+    return con
+
+
+def register_filesystems(con: duckdb.DuckDBPyConnection, *urls: str) -> None:
+    """Make ``urls`` on object stores readable by ``con`` through their fsspec filesystems (s3fs, gcsfs, ...).
+
+    DuckDB registers an fsspec filesystem under its first protocol name and serves every one of its protocols
+    (``s3://`` and ``s3a://`` for s3fs); a URL whose filesystem is not registered would make DuckDB try to load
+    its own httpfs extension instead, which needs credentials of its own (and, not installed, the network).
+    """
+    for url in urls:
+        if is_local(url):
+            continue
+        fs, _ = url_to_fs(url)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        if not con.filesystem_is_registered(protocol):
+            con.register_filesystem(fs)
+
+
+def literal(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def file_list(paths: Iterable[str]) -> str:
+    """A DuckDB list literal of file paths, for ``read_parquet([...])``."""
+    return "[" + ", ".join(literal(p) for p in paths) + "]"

@@ -1,0 +1,98 @@
+"""Where every file of a build lives: the one place that knows the build folder's layout.
+
+Stages never build paths by hand and never import each other: a stage that reads another stage's output (embed
+reads download's tars, judge reads every stage's per-shard Parquet) asks this layout. ``root`` is a local folder
+or any fsspec URL (``s3://bucket/builds/plantmix-13m``).
+
+```
+<root>/
+  crawl/<source>.parquet                      candidate rows of one source (every column of CANDIDATE_SCHEMA)
+  download/plan/<shard>.parquet               rows planned for one download shard
+  download/<shard>.parquet                    sample_id + the download columns (status, error, sha256, size, key)
+  download/<shard>.tar                        webdataset shard (img2dataset)
+  download/<shard>.img2dataset.parquet        img2dataset's own per-row table (caption, status, error_message)
+  embed/<shard>.parquet                       sample_id, key, clip_model, clip_score (row order of the sidecars)
+  embed/<shard>.image.npy, <shard>.text.npy   L2-normalised float16 embeddings
+  <stage>/<unit>.done.json                    completion marker of one unit (stats, fingerprint, provenance)
+  <stage>/_<step>.done.json                   completion marker of a global step (plan, reduce)
+  manifest.parquet, summary.json, build.json  the judged manifest, its summary, the build's provenance
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.core.io import join, resolve
+
+MANIFEST_FILE = "manifest.parquet"
+SHARD_DIGITS = 5  # shard names have 5 digits, as img2dataset's default
+
+
+def shard_name(shard_id: int) -> str:
+    return f"{shard_id:0{SHARD_DIGITS}d}"
+
+
+@dataclass(frozen=True)
+class BuildLayout:
+    root: str  # absolute local path or fsspec URL of the build folder
+
+    @classmethod
+    def at(cls, output_dir: str) -> BuildLayout:
+        return cls(resolve(output_dir).rstrip("/"))
+
+    def stage_dir(self, stage: str) -> str:
+        return join(self.root, stage)
+
+    def unit_file(self, stage: str, unit: str, suffix: str = ".parquet") -> str:
+        """``<root>/<stage>/<unit><suffix>``: a stage's own per-unit Parquet by default."""
+        return join(self.root, stage, f"{unit}{suffix}")
+
+    def stage_files(self, stage: str, units: list[str], suffix: str = ".parquet") -> list[str]:
+        return [self.unit_file(stage, unit, suffix) for unit in units]
+
+    # crawl
+    def crawl_file(self, source: str) -> str:
+        return self.unit_file("crawl", source)
+
+    # download
+    @property
+    def plan_dir(self) -> str:
+        return join(self.root, "download", "plan")
+
+    def plan_file(self, shard: str) -> str:
+        return join(self.plan_dir, f"{shard}.parquet")
+
+    def download_tar(self, shard: str) -> str:
+        return self.unit_file("download", shard, ".tar")
+
+    def img2dataset_rows(self, shard: str) -> str:
+        return self.unit_file("download", shard, ".img2dataset.parquet")
+
+    @staticmethod
+    def tar_in_manifest(shard: str) -> str:
+        """The ``shard`` column: the tar's path relative to the manifest file's folder."""
+        return f"download/{shard}.tar"
+
+    # embed
+    def embeddings(self, shard: str, kind: str) -> str:
+        """``kind`` is ``image`` or ``text``."""
+        return self.unit_file("embed", shard, f".{kind}.npy")
+
+    # the end of the build
+    @property
+    def manifest(self) -> str:
+        return join(self.root, MANIFEST_FILE)
+
+    @property
+    def summary(self) -> str:
+        return join(self.root, "summary.json")
+
+    @property
+    def build_record(self) -> str:
+        return join(self.root, "build.json")
+
+    @property
+    def scratch(self) -> str:
+        """Spill space for DuckDB and temporary files (always local: ``<root>/_tmp`` or the system temp)."""
+        return join(self.root, "_tmp")

@@ -1,0 +1,122 @@
+"""Crawl stage: run one source adapter and store its candidate rows (no image bytes) as Parquet.
+
+Units are the recipe's sources; each writes ``crawl/<source>.parquet`` with every column of
+``CANDIDATE_SCHEMA``, streamed in batches so a source of tens of millions of rows never sits in memory. Rows keep
+the adapter's order, so download plans and sample ids are identical on every rerun. A record id that appears
+twice in an export keeps its first row; each repeat is kept too, as ``rejected`` with the row it repeats and an
+id of its own. Repeats are found by one DuckDB aggregation over the written rows, not by a dict of every id.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.core import duck, schema
+from pipeline.core.config import SourceSpec
+from pipeline.core.harness import Build, Stage
+from pipeline.sources.base import CrawlContext
+from pipeline.sources.registry import read_source
+
+BATCH_ROWS = 50_000  # rows held in memory before they are written out
+
+
+class CrawlStage(Stage):
+    name = "crawl"
+
+    def plan(self, build: Build) -> list[str]:
+        return [spec.name for spec in build.recipe.sources]
+
+    def units(self, build: Build) -> list[str]:
+        return self.plan(build)
+
+    def provenance(self, build: Build, unit: str) -> dict[str, Any]:
+        spec = _spec(build, unit)
+        return {"source": spec.name, "adapter": spec.adapter, "options": spec.options}
+
+    def decides(self, build: Build, unit: str) -> Any:
+        return {"stage": self.name, **self.provenance(build, unit), "caption_style": build.recipe.caption_style}
+
+    def run(self, build: Build, unit: str, out: Path) -> dict[str, Any]:
+        spec = _spec(build, unit)
+        ctx = CrawlContext(caption_style=build.recipe.caption_style)
+        raw = out / f"{unit}.raw.parquet"
+        with pq.ParquetWriter(raw, schema.CANDIDATE_SCHEMA, compression="zstd") as writer:
+            for batch in _batched(read_source(spec.adapter, {"name": spec.name, **spec.options}, ctx)):
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema.CANDIDATE_SCHEMA))
+        final = out / f"{unit}.parquet"
+        con = duck.connect(build.recipe.duckdb)
+        mark_repeats(con, raw, final)
+        raw.unlink(missing_ok=True)
+        counts = dict(
+            con.sql(f"SELECT status, count(*) FROM read_parquet({duck.literal(final)}) GROUP BY 1").fetchall()
+        )
+        return {"rows": sum(counts.values()), "status": dict(sorted(counts.items()))}
+
+
+def _spec(build: Build, unit: str) -> SourceSpec:
+    return next(spec for spec in build.recipe.sources if spec.name == unit)
+
+
+def _batched(rows: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    rows = iter(rows)
+    while batch := list(itertools.islice(rows, BATCH_ROWS)):
+        yield batch
+
+
+def find_repeats(con, path: Path) -> pa.Table:
+    """``ord`` (0-based row), ``first_file``, ``first_row`` of every row whose sample_id an earlier row has."""
+    return con.sql(
+        f"""
+        WITH r AS (
+            SELECT sample_id, file_row_number AS ord, input_file, input_row
+            FROM read_parquet({duck.literal(path)}, file_row_number = true)
+        ), repeated AS (SELECT sample_id FROM r GROUP BY 1 HAVING count(*) > 1)
+        SELECT ord, first_value(input_file) OVER w AS first_file, first_value(input_row) OVER w AS first_row
+        FROM r SEMI JOIN repeated USING (sample_id)
+        WINDOW w AS (PARTITION BY sample_id ORDER BY ord)
+        QUALIFY row_number() OVER w > 1
+        ORDER BY ord
+        """
+    ).to_arrow_table()
+
+
+def mark_repeats(con, raw: Path, final: Path) -> int:
+    """Copy ``raw`` to ``final`` with each repeated record rejected and given its own id; returns the repeats.
+
+    Only the repeats (usually none) are held in memory; the rows stream through one batch at a time.
+    """
+    repeats = find_repeats(con, raw)
+    if repeats.num_rows == 0:
+        raw.rename(final)
+        return 0
+    ords = repeats["ord"].to_numpy()
+    first_file, first_row = repeats["first_file"].to_pylist(), repeats["first_row"].to_pylist()
+    offset = 0
+    source = pq.ParquetFile(raw)
+    with pq.ParquetWriter(final, schema.CANDIDATE_SCHEMA, compression="zstd") as writer:
+        for batch in source.iter_batches(batch_size=BATCH_ROWS):
+            lo, hi = np.searchsorted(ords, [offset, offset + batch.num_rows])
+            if lo < hi:
+                rows = batch.to_pylist()  # a rule no column expression can write (repr of the record id)
+                for i in range(lo, hi):
+                    _reject_repeat(rows[int(ords[i]) - offset], first_file[i], first_row[i])
+                batch = pa.RecordBatch.from_pylist(rows, schema=schema.CANDIDATE_SCHEMA)
+            writer.write_batch(batch)
+            offset += batch.num_rows
+    return repeats.num_rows
+
+
+def _reject_repeat(row: dict[str, Any], first_file: str | None, first_row: int | None) -> None:
+    row["status"] = schema.STATUS_REJECTED
+    row["error"] = (
+        f"{row.get('input_file')} row {row.get('input_row')}: record {row.get('source_record_id')!r} "
+        f"repeats row {first_row} of {first_file}"
+    )
+    row["sample_id"] = schema.sample_id_for(row["source"], f"{row['sample_id']}#repeat@{row.get('input_row')}")
