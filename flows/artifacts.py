@@ -17,7 +17,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from pipeline.core.harness import Build, Stage, stage_report
+from pipeline.core.harness import Build, Stage, read_marker, stage_report
 from pipeline.query.summary import EXAMPLE_QUERY
 
 
@@ -47,17 +47,19 @@ class Progress:
 
 
 def publish_stage(build: Build, stage: Stage) -> dict[str, Any]:
-    """A table of rows per status over the stage's finished units."""
+    """A table of rows per status over the stage's finished units, and what its global step counted."""
     report = stage_report(stage, build)
-    if not report["units"]:
-        return report
+    reduced = (read_marker(stage.dir(build), "_reduce") or {}).get("stats") or {}
     table = [{"status": status, "rows": n} for status, n in report["status"].items()]
-    table.append({"status": "(all)", "rows": report["rows"]})
-    create_table_artifact(
-        table,
-        key=artifact_key(build, stage.name),
-        description=f"**{stage.name}**: {report['units']} units, {report['rows']} rows, per status",
-    )
+    if report["units"]:
+        table.append({"status": "(all)", "rows": report["rows"]})
+    table += [{"status": key, "rows": value} for key, value in sorted(reduced.items()) if isinstance(value, int)]
+    if table and stage.name != "judge":  # the judge publishes its own tables (publish_summary)
+        create_table_artifact(
+            table,
+            key=artifact_key(build, stage.name),
+            description=f"**{stage.name}**: {report['units']} units, {report['rows']} rows, per status; global step",
+        )
     return report
 
 

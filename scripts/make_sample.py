@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 
 HOST = "http://sample.plantmix.invalid/"  # the demo maps this prefix to its loopback server (url_rewrite)
 ZIP_TIME = (2024, 1, 1, 0, 0, 0)
+EVAL_SET = "plantnet-mini"  # the demo recipe decontaminates against sample/eval/<EVAL_SET>
 ORDERS = {  # family -> order (APG IV); WCVP lists families, not orders
     "Lamiaceae": "Lamiales",
     "Plantaginaceae": "Lamiales",
@@ -189,6 +190,7 @@ class Sample:
                 "expected_status": status,
                 "reason": reason,
                 "duplicate_of": dup,
+                "contaminates": "",
             }
         )
 
@@ -629,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "sample")
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args(argv)
-    for generated in ("inaturalist", "gbif", "general", "images", "expected.csv"):
+    for generated in ("inaturalist", "gbif", "general", "images", "eval", "expected.csv"):
         target = args.out / generated
         if target.is_dir():
             shutil.rmtree(target)
@@ -639,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     shared = write_inaturalist(sample)
     write_gbif(sample, shared)
     write_pool(sample)
+    write_eval_set(sample)
     with open(args.out / "expected.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(sample.expected[0]), lineterminator="\n")
         writer.writeheader()
@@ -646,6 +649,24 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{args.out}: {len(sample.expected)} candidate rows, {total / 1e6:.2f} MB")
     return 0
+
+
+def write_eval_set(sample: Sample) -> None:
+    """A tiny evaluation set (``eval/plantnet-mini``) holding copies of three downloadable iNaturalist photos:
+    two byte-identical (found by sha256) and one re-encoded at another JPEG quality (found by embedding cosine).
+    Decontamination must drop exactly those three training rows."""
+    folder = sample.out / "eval" / EVAL_SET
+    folder.mkdir(parents=True)
+    chosen = [r for r in sample.expected if r["adapter"] == "inaturalist" and r["expected_status"] == "ok"
+              and not r["duplicate_of"]][5:8]  # fmt: skip
+    for i, row in enumerate(chosen):
+        data = (sample.out / "images" / row["url"].removeprefix(HOST)).read_bytes()
+        if i == 2:
+            buffer = io.BytesIO()
+            Image.open(io.BytesIO(data)).save(buffer, "JPEG", quality=70)
+            data = buffer.getvalue()
+        (folder / f"eval_{i}.jpg").write_bytes(data)
+        row["contaminates"] = EVAL_SET
 
 
 def fake_uuid(rng: random.Random) -> str:

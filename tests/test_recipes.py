@@ -65,6 +65,7 @@ def test_plantmix_download_and_mix_targets():
     mix = recipe.later_stages["mix"]
     assert mix["target_total"] == 13_000_000
     assert mix["general_share"] == pytest.approx(3 / 13, abs=0.005)
-    assert {"dedup", "mix", "publish"} <= set(recipe.later_stages)  # stages not built yet
+    assert {"mix", "publish"} <= set(recipe.later_stages)  # stages not built yet
+    assert recipe.dedup.image.threshold == 0.95 and "plantnet" in recipe.dedup.decontamination.eval_sets
     assert recipe.embed.model == "ViT-B-16" and not recipe.embed.random_init  # real weights, not a demo model
     assert recipe.filter.clip_top_fraction == {"plant": 0.7, "general": 0.3}

@@ -6,11 +6,25 @@ from __future__ import annotations
 
 from pipeline.core.harness import Stage
 from pipeline.stages.crawl import CrawlStage
+from pipeline.stages.dedup.caption import CaptionDedupStage
+from pipeline.stages.dedup.decontaminate import DecontaminateStage
+from pipeline.stages.dedup.exact import ExactDedupStage
+from pipeline.stages.dedup.image import ImageDedupStage
 from pipeline.stages.download import DownloadStage
 from pipeline.stages.embed import EmbedStage
 from pipeline.stages.judge import JudgeStage
 
-_BEFORE_JUDGE: tuple[Stage, ...] = (CrawlStage(), DownloadStage(), EmbedStage())
+# Embed follows download shard by shard; the dedup stages then run in the order their drops depend on (each
+# leaves out what an earlier one dropped): exact, caption, image; decontamination compares every embedded row.
+_BEFORE_JUDGE: tuple[Stage, ...] = (
+    CrawlStage(),
+    DownloadStage(),
+    EmbedStage(),
+    ExactDedupStage(),
+    CaptionDedupStage(),
+    ImageDedupStage(),
+    DecontaminateStage(),
+)
 STAGES: tuple[Stage, ...] = (*_BEFORE_JUDGE, JudgeStage(_BEFORE_JUDGE))
 
 

@@ -16,6 +16,7 @@ import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.build_plantmix import build_plantmix, main
+from pipeline.query import sql
 from tests.conftest import REPO, free_port
 
 RECIPE = str(REPO / "manifests" / "recipes" / "demo.yaml")
@@ -53,9 +54,49 @@ def test_every_sample_row_ends_with_the_expected_status(demo_build):
         if r["status"] != "ok":
             assert r["drop_reason"] == r["status"]
     reasons = {r["drop_reason"] for r in rows if r["status"] == "ok" and not r["keep"]}
-    assert reasons == {"clip_top_fraction"}  # the demo recipe's only rule that bites on this sample
-    general_ok = [r for r in rows if r["source"] == "general_pool" and r["status"] == "ok"]
-    assert sum(r["keep"] for r in general_ok) == 50  # top 90% of 55 scored general rows = ceil(49.5)
+    assert reasons == {"clip_top_fraction", *DEDUP_REASONS} - {"image_duplicate"}  # the rules that bite here
+
+
+def test_dedup_finds_exactly_the_planted_duplicates_and_contamination(demo_build):
+    """sample/expected.csv plants 6 exact copies and 3 evaluation-set copies; the pool plants 2 caption groups."""
+    with open(REPO / "sample" / "expected.csv") as f:
+        planted = list(csv.DictReader(f))
+    rows = _manifest(demo_build).to_pylist()
+    by_record = {(r["source"], r["source_record_id"]): r for r in rows}
+    by_id = {r["sample_id"]: r for r in rows}
+    dropped_as = {}
+    for p in planted:
+        if p["duplicate_of"]:  # exactly one of the pair is dropped, pointing at the other
+            copy = by_record[(ADAPTER_SOURCE[p["adapter"]], p["source_record_id"])]
+            originals = [r for r in rows if r["source_record_id"] == p["duplicate_of"]]
+            assert len(originals) == 1
+            pair = {copy["sample_id"], originals[0]["sample_id"]}
+            dropped = [r for r in (copy, originals[0]) if r["drop_reason"] == "exact_duplicate"]
+            assert len(dropped) == 1 and {dropped[0]["sample_id"], dropped[0]["exact_dup_of"]} == pair
+            dropped_as[dropped[0]["sample_id"]] = "exact_duplicate"
+    contaminated = {by_record[(ADAPTER_SOURCE[p["adapter"]], p["source_record_id"])]["sample_id"]
+                    for p in planted if p["contaminates"]}  # fmt: skip
+    assert len(contaminated) == 3
+    assert {r["sample_id"] for r in rows if r["contaminates"]} == contaminated
+    assert {r["sample_id"] for r in rows if r["drop_reason"] == "contaminated"} == contaminated
+    for caption, size in (("stock photo of a sunset", 4), ("click here to enlarge", 2)):
+        group = [r for r in rows if r["caption"] == caption and r["status"] == "ok"]
+        kept = [r for r in group if r["drop_reason"] != "caption_duplicate"]
+        assert len(group) == size and len(kept) == 1
+        assert all(r["text_cluster"] == kept[0]["sample_id"] for r in group)
+        dropped_as |= {r["sample_id"]: "caption_duplicate" for r in group if r is not kept[0]}
+    assert {
+        r["sample_id"]: r["drop_reason"] for r in rows if r["drop_reason"] in ("exact_duplicate", "caption_duplicate")
+    } == dropped_as  # fmt: skip  (nothing else is called a duplicate)
+    for r in rows:  # every duplicate points at a row that dedup kept
+        target = r["exact_dup_of"] or (r["text_cluster"] if r["drop_reason"] == "caption_duplicate" else None)
+        if target:
+            assert by_id[target]["drop_reason"] not in DEDUP_REASONS
+    templated = [r for r in rows if r["caption_kind"] == "dalip"]
+    assert all(r["text_cluster"] is None for r in templated)  # species captions never cluster on text
+    con = sql.connect(demo_build)
+    groups = dict(con.sql("SELECT method, sum(duplicates) FROM duplicates GROUP BY 1").fetchall())
+    assert groups == {"exact": 6, "caption": 4}
 
 
 def test_the_demo_manifest_is_the_same_row_for_row_as_before_the_stage_contract(demo_build):
@@ -86,7 +127,8 @@ def test_each_stage_shows_its_counts_and_progress_as_prefect_artifacts(demo_buil
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     keys = ["plantmix-demo-crawl", "plantmix-demo-download", "plantmix-demo-embed", "plantmix-demo-judge",
-            "plantmix-demo-summary", "plantmix-demo-download-progress", "plantmix-demo-embed-progress"]  # fmt: skip
+            "plantmix-demo-summary", "plantmix-demo-download-progress", "plantmix-demo-embed-progress",
+            "plantmix-demo-dedup-exact", "plantmix-demo-dedup-caption", "plantmix-demo-decontaminate"]  # fmt: skip
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     latest = {}
@@ -98,7 +140,9 @@ def test_each_stage_shows_its_counts_and_progress_as_prefect_artifacts(demo_buil
     download = {r["status"]: r["rows"] for r in json.loads(latest["plantmix-demo-download"].data)}
     assert download == {"ok": 174, "failed_download": 6, "opted_out": 2, "failed_decode": 1, "(all)": 183}
     judge = json.loads(latest["plantmix-demo-judge"].data)
-    assert {"domain": "general", "drop_reason": "clip_top_fraction", "rows": 5} in judge
+    assert {"domain": "general", "drop_reason": "caption_duplicate", "rows": 4} in judge
+    exact = {r["status"]: r["rows"] for r in json.loads(latest["plantmix-demo-dedup-exact"].data)}
+    assert exact["duplicates"] == 6
     assert latest["plantmix-demo-download-progress"].data == 100.0
     card = latest["plantmix-demo-summary"].data
     assert "**200** candidates" in card and "manifest.parquet" in card and "plantmix sql" in card
@@ -111,7 +155,16 @@ def test_the_manifest_and_every_marker_record_the_code_version(demo_build):
     meta = pq.read_metadata(demo_build / "manifest.parquet").metadata
     assert meta[b"plantmix_code_version"].decode() == version and meta[b"plantmix_build"] == b"demo"
     markers = list(demo_build.glob("*/*.done.json"))
-    assert {m.parent.name for m in markers} == {"crawl", "download", "embed", "judge"}
+    assert {m.parent.name for m in markers} == {
+        "crawl",
+        "download",
+        "embed",
+        "judge",
+        "dedup_exact",
+        "dedup_caption",
+        "dedup_image",
+        "decontaminate",
+    }
     assert {json.loads(m.read_text())["code_version"] for m in markers} == {version}
     assert json.loads((demo_build / "build.json").read_text())["code_version"] == version
 
@@ -135,7 +188,7 @@ def test_kept_rows_point_at_their_image_in_a_shard(demo_build):
 
 
 def test_rerun_reuses_finished_shards_and_keeps_ids(demo_build):
-    markers = sorted((demo_build / "download").glob("*.done.json")) + sorted((demo_build / "embed").glob("*.done.json"))
+    markers = sorted(demo_build.glob("*/*.done.json"))  # every unit and global step of every stage
     assert len(markers) >= 6
     before = {p: p.read_text() for p in markers}
     tars = {p: p.stat().st_mtime_ns for p in (demo_build / "download").glob("*.tar")}
@@ -160,6 +213,7 @@ def test_main_prints_summary_and_example_query(demo_build, capsys):
         os.chdir(cwd)
     out = capsys.readouterr().out
     assert "200 candidates = 174 ok + 17 rejected + 6 failed_download + 2 opted_out + 1 failed_decode" in out
+    assert "exact_duplicate" in out and "contaminated" in out  # the summary's per-rule lines show dedup
     assert "plantmix sql" in out and "general_pool" in out
 
 
@@ -216,7 +270,7 @@ def test_dalip_trains_on_the_demo_manifest_and_its_checkpoint_embeds(demo_build,
     """The pipeline <-> trainer contract end to end: manifest + shards in, checkpoint out, checkpoint scores."""
     from dalip.train import main as train_main
     from pipeline.core.config import EmbedConfig
-    from pipeline.stages.embed.clip_model import load_clip
+    from pipeline.models.clip import load_clip
 
     run = tmp_path / "run"
     train_main(["--manifest", str(demo_build / "manifest.parquet"), "--model", "DALIP-Tiny", "--epochs", "1",

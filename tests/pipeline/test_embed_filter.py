@@ -17,8 +17,8 @@ from pipeline.core import duck
 from pipeline.core.config import EmbedConfig, FilterConfig, RecipeError
 from pipeline.core.harness import Build
 from pipeline.core.layout import BuildLayout
+from pipeline.models import encode
 from pipeline.stages import embed
-from pipeline.stages.embed import encode
 from pipeline.stages.judge.rules import top_fraction_reference, top_fraction_thresholds
 from tests.conftest import REPO
 from tests.http_host import ImageHost
@@ -74,7 +74,7 @@ def test_dalip_checkpoint_loads_as_its_open_clip_model(tmp_path):
     state = {f"clip.{k}": v for k, v in clip.state_dict().items()} | {"image_mbdc.weight": torch.zeros(2)}
     torch.save({"model": state, "step": 20, "optimizer": {}}, path)
     config = EmbedConfig(**{**TINY, "random_init": False, "pretrained": str(path)})
-    from pipeline.stages.embed.clip_model import load_clip
+    from pipeline.models.clip import load_clip
 
     loaded, _, _ = load_clip(config)
     for name, value in clip.state_dict().items():

@@ -59,7 +59,7 @@ class EmbedStage(Stage):
         return {"model": build.recipe.embed.model_id, "download": download.get("fingerprint")}
 
     def run(self, build: Build, unit: str, out: Path) -> dict[str, Any]:
-        from pipeline.stages.embed.encode import embed_batches  # torch + open_clip: only where shards are embedded
+        from pipeline.models.encode import embed_batches  # torch + open_clip: only where shards are embedded
 
         config, layout = build.recipe.embed, build.layout
         rows = shard_rows(layout, unit)

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.core.config import EmbedConfig
-from pipeline.stages.embed.clip_model import load_clip
+from pipeline.models.clip import load_clip
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +67,10 @@ def embed_batches(config: EmbedConfig, blobs: list[bytes], captions: list[str]) 
     dim = int(model.text_projection.shape[-1]) if hasattr(model, "text_projection") else None
     empty = np.zeros((0, dim or 0), np.float32)
     return (torch.cat(images).numpy() if images else empty), (torch.cat(texts).numpy() if texts else empty)
+
+
+def embed_images(config: EmbedConfig, blobs: list[bytes]) -> np.ndarray:
+    """L2-normalised image embeddings (float32) of encoded images, with the same model and preprocessing as the
+    embed stage (evaluation sets are compared with training images in one space)."""
+    image, _ = embed_batches(config, blobs, [])
+    return image

@@ -1,0 +1,1 @@
+"""The models the pipeline scores and compares images with (open_clip, DALIP checkpoints); torch lives here."""
