@@ -94,6 +94,9 @@ DEDUP_FIELDS = [
     pa.field("text_cluster", pa.string()),  # caption near-duplicate cluster, named by its representative
     pa.field("image_cluster", pa.string()),  # image near-duplicate cluster, named by its representative
     pa.field("contaminates", pa.string()),  # evaluation set whose image this row's image is
+    # For a row dropped as a duplicate: the row dedup keeps for its group (pointers followed through rows a later
+    # dedup stage dropped in turn), so it never names a row dropped as a duplicate itself.
+    pa.field("duplicate_of", pa.string()),
 ]
 
 # The final decision; the first failing rule wins.

@@ -66,4 +66,8 @@ def render(summary: dict[str, Any]) -> str:
         for name, counts in summary[key].items():
             detail = ", ".join(f"{s} {n}" for s, n in _by_count(counts).items())
             lines.append(f"  {name:<20} {sum(counts.values()):>8}   ({detail})")
+    if summary.get("dedup"):
+        lines += ["", "dedup (per stage):"]
+        for stage, counts in summary["dedup"].items():
+            lines.append(f"  {stage:<20} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return "\n".join(lines)

@@ -88,10 +88,10 @@ def test_dedup_finds_exactly_the_planted_duplicates_and_contamination(demo_build
     assert {
         r["sample_id"]: r["drop_reason"] for r in rows if r["drop_reason"] in ("exact_duplicate", "caption_duplicate")
     } == dropped_as  # fmt: skip  (nothing else is called a duplicate)
-    for r in rows:  # every duplicate points at a row that dedup kept
-        target = r["exact_dup_of"] or (r["text_cluster"] if r["drop_reason"] == "caption_duplicate" else None)
-        if target:
-            assert by_id[target]["drop_reason"] not in DEDUP_REASONS
+    for r in rows:  # every duplicate names the row dedup keeps for its group
+        assert (r["duplicate_of"] is not None) == (r["drop_reason"] in DEDUP_REASONS - {"contaminated"})
+        if r["duplicate_of"]:
+            assert by_id[r["duplicate_of"]]["drop_reason"] not in DEDUP_REASONS
     templated = [r for r in rows if r["caption_kind"] == "dalip"]
     assert all(r["text_cluster"] is None for r in templated)  # species captions never cluster on text
     con = sql.connect(demo_build)

@@ -125,6 +125,24 @@ def test_a_kill_inside_a_dedup_stage_then_a_rerun_gives_the_clean_manifest(tmp_p
     assert rerun == clean
 
 
+def test_duplicate_of_follows_pointers_through_rows_a_later_stage_dropped(tmp_path):
+    """E is an exact copy of O; O's free-text caption duplicates C's (another image), C ranks first: O is dropped
+    for C, so E, which pointed at O, must name C as the row kept for its group."""
+    with ImageHost() as host:
+        caption = "click here to enlarge the picture"
+        rows = [
+            row(host.url, "/img/4.jpg", 1, caption=caption, license="cc0-1.0"),  # C: best license, ranks first
+            row(host.url, "/img/6.jpg", 2, caption=caption, license="cc-by-4.0"),  # O
+            row(host.url, "/img/06.jpg", 3, caption="another text entirely", license="cc-by-nc-4.0"),  # E = O's bytes
+        ]
+        config = DedupConfig(exact=ExactDedupConfig(), caption=CaptionDedupConfig(), image=None)
+        manifest = by_record(build(tmp_path, rows, config, embed=False))
+    c, o, e = manifest["1"], manifest["2"], manifest["3"]
+    assert e["drop_reason"] == "exact_duplicate" and e["exact_dup_of"] == o["sample_id"]
+    assert o["drop_reason"] == "caption_duplicate" and o["text_cluster"] == c["sample_id"]
+    assert e["duplicate_of"] == o["duplicate_of"] == c["sample_id"] and c["keep"] and c["duplicate_of"] is None
+
+
 def test_union_find_joins_transitively_and_the_keep_rule_breaks_ties_by_position():
     labels = clusters.components(6, np.array([0, 1, 4]), np.array([1, 2, 5]))
     assert labels[0] == labels[1] == labels[2] != labels[3] and labels[4] == labels[5]

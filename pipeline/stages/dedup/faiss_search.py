@@ -33,9 +33,10 @@ Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # left (int64), right (int64,
 
 NLIST_PER_SQRT_ROW = 2  # default nlist = 2 * sqrt(n): balances the coarse assignment (n * nlist) and the scan
 TRAIN_ROWS_PER_LIST = 32  # k-means training sample per centroid: enough for lists of even size
-KMEANS_ITERATIONS = 10  # a rough partition is enough: recall comes from nprobe, not from converged centroids
+KMEANS_ITERATIONS = 5  # a rough partition is enough: recall comes from nprobe more cheaply than from iterations
 KMEANS_SEED = 1234
 RECALL_CHUNK_ROWS = 65_536  # database rows per brute-force block when measuring recall
+SMALL_CLUSTER_ROWS = 2_048  # SemDeDup clusters below this size are searched on one thread
 
 
 def near_duplicate_pairs(embeddings: np.ndarray, config: ImageDedupConfig) -> Pairs:
@@ -196,10 +197,12 @@ def _pairs_within(embeddings: np.ndarray, members: np.ndarray, config: ImageDedu
     index = faiss.IndexFlatIP(embeddings.shape[1])
     index.add(vectors)
     found = []
-    for start, stop in _chunks(len(members), config.chunk_rows):
-        lims, sims, ids = index.range_search(vectors[start:stop], _radius(config.threshold))
-        left, right, sim = _from_range_result(np.arange(start, stop), lims, sims, ids)
-        found.append((members[left], members[right], sim))
+    # A small cluster is a few milliseconds of work: waking a second thread for it costs more than it saves.
+    with _threads(1 if len(members) < SMALL_CLUSTER_ROWS else None):
+        for start, stop in _chunks(len(members), config.chunk_rows):
+            lims, sims, ids = index.range_search(vectors[start:stop], _radius(config.threshold))
+            left, right, sim = _from_range_result(np.arange(start, stop), lims, sims, ids)
+            found.append((members[left], members[right], sim))
     return found
 
 
@@ -207,10 +210,10 @@ def _pairs_within(embeddings: np.ndarray, members: np.ndarray, config: ImageDedu
 
 
 @contextmanager
-def _threads() -> Iterator[None]:
-    """FAISS (OpenMP) on the cores this process may use, restoring the previous setting afterwards."""
+def _threads(count: int | None = None) -> Iterator[None]:
+    """FAISS (OpenMP) on ``count`` threads, by default the cores this process may use; restores the setting."""
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
+    faiss.omp_set_num_threads(count or len(os.sched_getaffinity(0)))
     try:
         yield
     finally:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.core import duck
 from pipeline.core.config import recipe_to_dict
-from pipeline.core.harness import Build, Stage, fingerprint, planned_units, unit_fingerprints
+from pipeline.core.harness import Build, Stage, fingerprint, planned_units, read_marker, unit_fingerprints
 from pipeline.core.io import write_json
 from pipeline.core.layout import MANIFEST_FILE
 from pipeline.core.version import code_version
@@ -72,6 +72,10 @@ class JudgeStage(Stage):
         provenance = {"plantmix_code_version": code_version(), "plantmix_build": recipe.name}
         manifest = write_manifest(con, rules, out / MANIFEST_FILE, provenance)
         summary = summarize(manifest)
+        dedup = {stage.name: _dedup_counts(stage, build) for stage in self._contributing(build)
+                 if stage.name.startswith(("dedup_", "decontaminate"))}  # fmt: skip
+        if dedup:
+            summary["dedup"] = dedup
         if recipe.embed is not None:
             summary["clip_model"] = recipe.embed.model_id
             summary["clip_top_fraction_thresholds"] = thresholds
@@ -79,6 +83,18 @@ class JudgeStage(Stage):
         record = {"recipe": recipe_to_dict(recipe), "code_version": code_version(), "finished_at": time.time()}
         write_json(out / "build.json", record)
         return summary
+
+
+def _dedup_counts(stage: Stage, build: Build) -> dict[str, Any]:
+    """What a dedup stage counted: its global step's numbers, or its units' summed (decontamination)."""
+    reduced = (read_marker(stage.dir(build), "_reduce") or {}).get("stats") or {}
+    counts = {k: v for k, v in reduced.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for unit in stage.units(build) if not reduced else []:
+        stats = (read_marker(stage.dir(build), unit) or {}).get("stats") or {}
+        for key, value in stats.items():
+            if isinstance(value, int):
+                counts[key] = counts.get(key, 0) + value
+    return counts
 
 
 def _require_done(stage_dir: str, units: list[str]) -> None:

@@ -94,17 +94,39 @@ def write_manifest(
     repeated = con.sql("SELECT sample_id FROM downloads GROUP BY 1 HAVING count(*) > 1 LIMIT 5").fetchall()
     if repeated:
         raise ManifestError(f"download results hold some sample_ids more than once: {[r[0] for r in repeated]}")
-    names = ", ".join(schema.MANIFEST_SCHEMA.names)
+    names = ", ".join(n if n != "duplicate_of" else "r.duplicate_of" for n in schema.MANIFEST_SCHEMA.names)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW judged AS SELECT *, {drop_reason_sql(rules)} AS drop_reason FROM merged")
     con.execute(
         f"""
         COPY (
-            WITH judged AS (SELECT *, {drop_reason_sql(rules)} AS drop_reason FROM merged)
-            SELECT {names} FROM (SELECT *, drop_reason IS NULL AS keep FROM judged) ORDER BY order_
+            SELECT {names} FROM (SELECT * EXCLUDE (duplicate_of), drop_reason IS NULL AS keep FROM judged) j
+            LEFT JOIN ({resolved_duplicates_sql()}) r USING (sample_id)
+            ORDER BY order_
         ) TO {literal(out)} (FORMAT parquet, COMPRESSION zstd{_kv_metadata(metadata or {})})
         """
     )
     check_manifest(con, out)
     return out
+
+
+# The pointer a dedup drop carries: the row it duplicates by the method that dropped it.
+POINTER_SQL = """CASE drop_reason WHEN 'exact_duplicate' THEN exact_dup_of WHEN 'caption_duplicate' THEN text_cluster
+    WHEN 'image_duplicate' THEN image_cluster END"""
+MAX_HOPS = 4  # exact -> caption -> image: a chain is at most three pointers long
+
+
+def resolved_duplicates_sql() -> str:
+    """``sample_id, duplicate_of`` for every dedup-dropped row: its pointer followed through rows that a later
+    dedup stage dropped in turn (O exact-duplicated by E, then O caption-duplicate of C: E's group is C's), so it
+    names the row that dedup keeps for the group. Only the dropped duplicates take part (a small table)."""
+    hops = ["SELECT sample_id, pointer AS hop FROM pointers"]
+    for _ in range(MAX_HOPS - 1):
+        hops = [f"SELECT h.sample_id, coalesce(p.pointer, h.hop) AS hop FROM ({hops[0]}) h "
+                "LEFT JOIN pointers p ON p.sample_id = h.hop"]  # fmt: skip
+    return f"""
+        WITH pointers AS (SELECT sample_id, {POINTER_SQL} AS pointer FROM judged WHERE {POINTER_SQL} IS NOT NULL)
+        SELECT sample_id, hop AS duplicate_of FROM ({hops[0]})
+    """
 
 
 def _kv_metadata(metadata: dict[str, str]) -> str:
