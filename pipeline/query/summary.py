@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
-from pipeline.core.duck import register_filesystems
+from pipeline.core import duck
+from pipeline.core.config import DuckDBConfig
 
 EXAMPLE_QUERY = (
     "SELECT source, count(*) AS candidates, count(*) FILTER (WHERE keep) AS kept "
@@ -15,10 +14,9 @@ EXAMPLE_QUERY = (
 )
 
 
-def summarize(manifest: Path | str) -> dict[str, Any]:
-    con = duckdb.connect()
-    register_filesystems(con, str(manifest))  # a manifest on an object store (plantmix summary --build s3://...)
-    con.sql(f"CREATE VIEW m AS SELECT * FROM read_parquet('{manifest}')")
+def summarize(manifest: Path | str, limits: DuckDBConfig | None = None) -> dict[str, Any]:
+    con = duck.connect(limits, str(manifest))  # the recipe's memory limit; any fsspec filesystem (s3://...)
+    con.sql(f"CREATE VIEW m AS SELECT * FROM read_parquet({duck.literal(manifest)})")
 
     def grouped(sql: str) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}

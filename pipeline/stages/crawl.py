@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core import duck, schema
@@ -24,7 +25,7 @@ from pipeline.core.harness import Build, Stage
 from pipeline.sources.base import CrawlContext
 from pipeline.sources.registry import read_source
 
-BATCH_ROWS = 50_000  # rows held in memory before they are written out
+BATCH_ROWS = 8_192  # adapter rows held as Python dicts before they are written out (sets the crawl's peak memory)
 
 
 class CrawlStage(Stage):
@@ -103,14 +104,26 @@ def mark_repeats(con, raw: Path, final: Path) -> int:
     with pq.ParquetWriter(final, schema.CANDIDATE_SCHEMA, compression="zstd") as writer:
         for batch in source.iter_batches(batch_size=BATCH_ROWS):
             lo, hi = np.searchsorted(ords, [offset, offset + batch.num_rows])
-            if lo < hi:
-                rows = batch.to_pylist()  # a rule no column expression can write (repr of the record id)
-                for i in range(lo, hi):
-                    _reject_repeat(rows[int(ords[i]) - offset], first_file[i], first_row[i])
-                batch = pa.RecordBatch.from_pylist(rows, schema=schema.CANDIDATE_SCHEMA)
+            if lo < hi:  # only the repeats become Python (repr of the record id is no column expression)
+                local = ords[lo:hi] - offset
+                rows = batch.take(pa.array(local)).to_pylist()
+                for row, i in zip(rows, range(lo, hi), strict=True):
+                    _reject_repeat(row, first_file[i], first_row[i])
+                batch = _replace_rows(batch, local, rows)
             writer.write_batch(batch)
             offset += batch.num_rows
     return repeats.num_rows
+
+
+def _replace_rows(batch: pa.RecordBatch, positions: np.ndarray, rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    """``batch`` with sample_id, status and error of the rows at ``positions`` replaced by ``rows``' values."""
+    mask = np.zeros(batch.num_rows, bool)
+    mask[positions] = True
+    columns = {name: batch.column(name) for name in batch.schema.names}
+    for name in ("sample_id", "status", "error"):
+        replacement = pa.array([row[name] for row in rows], batch.schema.field(name).type)
+        columns[name] = pc.replace_with_mask(columns[name], pa.array(mask), replacement)
+    return pa.RecordBatch.from_arrays(list(columns.values()), schema=batch.schema)
 
 
 def _reject_repeat(row: dict[str, Any], first_file: str | None, first_row: int | None) -> None:

@@ -164,8 +164,8 @@ def _ivf_pairs(embeddings: np.ndarray, config: ImageDedupConfig) -> Pairs:
 
 
 def _ivf_index(embeddings: np.ndarray, config: ImageDedupConfig) -> tuple[faiss.IndexIVFFlat, np.ndarray]:
-    """A trained ``IndexIVFFlat`` holding every row, and the ``nprobe`` nearest lists of each row (n x nprobe),
-    from one coarse search per chunk: a row is added to its nearest list and later searched in all of them."""
+    """A trained ``IndexIVFFlat`` holding every row in its nearest list, and the ``nprobe`` nearest lists of each
+    row (n x nprobe), from one coarse search per row: the costliest step, done once for adding and searching."""
     n, dim = embeddings.shape
     nlist = ivf_lists(n, config)
     nprobe = min(config.nprobe, nlist)
@@ -176,13 +176,25 @@ def _ivf_index(embeddings: np.ndarray, config: ImageDedupConfig) -> tuple[faiss.
     index.train(_training_sample(embeddings, nlist * TRAIN_ROWS_PER_LIST))
     probes = np.empty((n, nprobe), np.int64)
     for start, stop in _chunks(n, config.chunk_rows):
-        vectors = _rows(embeddings, start, stop)
-        probes[start:stop] = index.quantizer.search(vectors, nprobe)[1]
-        ids, nearest = np.arange(start, stop, dtype=np.int64), np.ascontiguousarray(probes[start:stop, 0])
-        # add_core with the precomputed lists (what faiss.contrib.ivf_tools.add_preassigned does); the arrays are
-        # held in named variables because faiss only keeps raw pointers to them
-        index.add_core(stop - start, faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(nearest))
+        probes[start:stop] = index.quantizer.search(_rows(embeddings, start, stop), nprobe)[1]
+    _fill_lists(index, embeddings, probes[:, 0], config.chunk_rows)
     return index, probes
+
+
+def _fill_lists(index: faiss.IndexIVFFlat, embeddings: np.ndarray, nearest: np.ndarray, chunk_rows: int) -> None:
+    """Every row into its ``nearest`` list, all of a list's rows in one ``add_entries`` call (rows read in list
+    order, a chunk at a time). Adding row by row (``index.add``) grows each list's buffer by doubling, which left
+    ~0.4x the matrix in unused capacity; one call per list allocates each list's exact size."""
+    order = np.argsort(nearest, kind="stable")
+    for start, stop in _chunks(len(order), chunk_rows):
+        rows = order[start:stop]
+        codes = _rows_at(embeddings, rows).view(np.uint8)  # IVFFlat's codes are the float32 vectors themselves
+        lists = nearest[rows]
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(lists)) + 1, [len(rows)]])
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            ids, list_codes = rows[lo:hi], codes[lo:hi]  # named: faiss gets raw pointers into them
+            index.invlists.add_entries(int(lists[lo]), hi - lo, faiss.swig_ptr(ids), faiss.swig_ptr(list_codes))
+    index.ntotal = len(order)
 
 
 # --- SemDeDup -----------------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ class JudgeStage(Stage):
             rules += stage.rules(build)
         provenance = {"plantmix_code_version": code_version(), "plantmix_build": recipe.name}
         manifest = write_manifest(con, rules, out / MANIFEST_FILE, provenance)
-        summary = summarize(manifest)
+        summary = summarize(manifest, recipe.duckdb)
         dedup = {stage.name: _dedup_counts(stage, build) for stage in self._contributing(build)
                  if stage.name.startswith(("dedup_", "decontaminate"))}  # fmt: skip
         if dedup:

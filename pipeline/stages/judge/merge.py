@@ -109,9 +109,11 @@ def write_manifest(
     return out
 
 
-# The pointer a dedup drop carries: the row it duplicates by the method that dropped it.
-POINTER_SQL = """CASE drop_reason WHEN 'exact_duplicate' THEN exact_dup_of WHEN 'caption_duplicate' THEN text_cluster
-    WHEN 'image_duplicate' THEN image_cluster END"""
+# The pointer a dedup drop carries: the row it duplicates by the method that dropped it. The same precedence as
+# the rules (contamination first, then exact, caption, image); dedup columns exist only for downloaded rows, so
+# this reads the small dedup columns, not every rule's inputs.
+POINTER_SQL = """CASE WHEN contaminates IS NOT NULL THEN NULL WHEN exact_dup_of IS NOT NULL THEN exact_dup_of
+    WHEN text_cluster <> sample_id THEN text_cluster WHEN image_cluster <> sample_id THEN image_cluster END"""
 MAX_HOPS = 4  # exact -> caption -> image: a chain is at most three pointers long
 
 
@@ -124,7 +126,7 @@ def resolved_duplicates_sql() -> str:
         hops = [f"SELECT h.sample_id, coalesce(p.pointer, h.hop) AS hop FROM ({hops[0]}) h "
                 "LEFT JOIN pointers p ON p.sample_id = h.hop"]  # fmt: skip
     return f"""
-        WITH pointers AS (SELECT sample_id, {POINTER_SQL} AS pointer FROM judged WHERE {POINTER_SQL} IS NOT NULL)
+        WITH pointers AS (SELECT sample_id, {POINTER_SQL} AS pointer FROM merged WHERE {POINTER_SQL} IS NOT NULL)
         SELECT sample_id, hop AS duplicate_of FROM ({hops[0]})
     """
 
