@@ -28,8 +28,8 @@ from PIL import Image
 
 from pipeline.core.config import EmbedConfig, Recipe, SourceSpec
 from pipeline.core.harness import Build, run_unit
-from pipeline.stages.embed import EmbedStage
 from pipeline.models.clip import load_clip
+from pipeline.stages.embed import EmbedStage
 
 TINY_CONFIG = Path(__file__).resolve().parent.parent / "dalip" / "model_configs" / "DALIP-Tiny.json"
 
