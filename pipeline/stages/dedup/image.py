@@ -23,7 +23,7 @@ from pipeline.core.harness import Build, Stage, fingerprint, planned_units, read
 from pipeline.core.io import open_input, read_parquet
 from pipeline.core.rules import DUPLICATES, Rule
 from pipeline.stages.dedup import faiss_search
-from pipeline.stages.dedup.clusters import representatives
+from pipeline.stages.dedup.clusters import components, representatives
 from pipeline.stages.dedup.ranking import define_downloaded, dropped_by
 
 OUTPUT = "clusters.parquet"
@@ -70,7 +70,9 @@ class ImageDedupStage(Stage):
         ).to_arrow_table()
         pos, rank = ranked["pos"].to_numpy(), ranked["rank"].to_numpy()
         embeddings = _gather(layout, shards, pos)
-        labels = faiss_search.image_clusters(embeddings, config) if len(pos) else np.zeros(0, np.int64)
+        pairs = faiss_search.duplicate_pairs(embeddings, config) if len(pos) else (np.zeros(0, np.int64),) * 3
+        left, right = pairs[0], pairs[1]
+        labels = components(len(pos), left, right)
         reps = representatives(labels, rank)
         sizes = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
         in_cluster = sizes[labels] > 1
@@ -80,7 +82,7 @@ class ImageDedupStage(Stage):
         stats = {"file": OUTPUT, "rows": len(pos), "clusters": int((sizes > 1).sum()),
                  "duplicates": int(in_cluster.sum() - (sizes > 1).sum()), "method": config.method}  # fmt: skip
         if len(pos) > config.exact_max_rows:  # approximate search: say how close to exact it was
-            stats["recall_vs_exact"] = faiss_search.recall_against_exact(embeddings, config)
+            stats["recall_vs_exact"] = faiss_search.recall_against_exact(embeddings, config, pairs=pairs)
         return stats
 
 
