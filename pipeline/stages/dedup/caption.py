@@ -27,7 +27,7 @@ from pipeline.core.harness import Build, Stage, fingerprint, planned_units, read
 from pipeline.core.io import open_input, read_parquet
 from pipeline.core.rules import DUPLICATES, Rule
 from pipeline.stages.dedup import minhash
-from pipeline.stages.dedup.clusters import components, representatives
+from pipeline.stages.dedup.clusters import cluster_table
 from pipeline.stages.dedup.ranking import define_downloaded, dropped_by
 
 OUTPUT = "clusters.parquet"
@@ -95,15 +95,9 @@ class CaptionDedupStage(Stage):
         ).to_arrow_table()
         pos, rank = ranked["pos"].to_numpy(), ranked["rank"].to_numpy()
         left, right = minhash.candidate_pairs(signatures[pos], config, id_prefix=build.recipe.name)
-        labels = components(len(pos), left, right)
-        reps = representatives(labels, rank)
-        sizes = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
-        in_cluster = sizes[labels] > 1
-        member_ids = ids.take(pa.array(pos[in_cluster]))
-        rep_ids = ids.take(pa.array(pos[reps[in_cluster]]))
-        pq.write_table(pa.table({"sample_id": member_ids, "text_cluster": rep_ids}), out / OUTPUT)
-        return {"file": OUTPUT, "rows": len(pos), "pairs": len(left), "clusters": int((sizes > 1).sum()),
-                "duplicates": int(in_cluster.sum() - (sizes > 1).sum())}  # fmt: skip
+        table, counts = cluster_table(ids, pos, left, right, rank, "text_cluster")
+        pq.write_table(table, out / OUTPUT)
+        return {"file": OUTPUT, "rows": len(pos), "pairs": len(left), **counts}
 
 
 def _load(url: str) -> np.ndarray:

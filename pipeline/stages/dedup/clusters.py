@@ -8,6 +8,7 @@ the row ranked first by a deterministic rank (see :data:`KEEP_RULE`).
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -35,3 +36,19 @@ def representatives(labels: np.ndarray, rank: np.ndarray) -> np.ndarray:
     rep_of_label = np.empty(labels.max() + 1 if labels.size else 0, np.int64)
     rep_of_label[labels[order][first]] = order[first]
     return rep_of_label[labels]
+
+
+def cluster_table(
+    ids: pa.Array, positions: np.ndarray, left: np.ndarray, right: np.ndarray, rank: np.ndarray, column: str
+) -> tuple[pa.Table, dict[str, int]]:
+    """Pairs among ``ids[positions]`` -> ``sample_id`` + ``column`` (its cluster's representative) for members of
+    clusters of two or more, and the counts a stage reports (``clusters``, ``duplicates``)."""
+    labels = components(len(positions), left, right)
+    reps = representatives(labels, rank)
+    sizes = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
+    in_cluster = sizes[labels] > 1
+    members = ids.take(pa.array(positions[in_cluster]))
+    chosen = ids.take(pa.array(positions[reps[in_cluster]]))
+    clusters = int((sizes > 1).sum())
+    table = pa.table({"sample_id": members, column: chosen})
+    return table, {"clusters": clusters, "duplicates": int(in_cluster.sum()) - clusters}

@@ -23,7 +23,7 @@ from pipeline.core.harness import Build, Stage, fingerprint, planned_units, read
 from pipeline.core.io import open_input, read_parquet
 from pipeline.core.rules import DUPLICATES, Rule
 from pipeline.stages.dedup import faiss_search
-from pipeline.stages.dedup.clusters import components, representatives
+from pipeline.stages.dedup.clusters import cluster_table
 from pipeline.stages.dedup.ranking import define_downloaded, dropped_by
 
 OUTPUT = "clusters.parquet"
@@ -72,15 +72,9 @@ class ImageDedupStage(Stage):
         embeddings = _gather(layout, shards, pos)
         pairs = faiss_search.duplicate_pairs(embeddings, config) if len(pos) else (np.zeros(0, np.int64),) * 3
         left, right = pairs[0], pairs[1]
-        labels = components(len(pos), left, right)
-        reps = representatives(labels, rank)
-        sizes = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
-        in_cluster = sizes[labels] > 1
-        member_ids = ids.take(pa.array(pos[in_cluster]))
-        rep_ids = ids.take(pa.array(pos[reps[in_cluster]]))
-        pq.write_table(pa.table({"sample_id": member_ids, "image_cluster": rep_ids}), out / OUTPUT)
-        stats = {"file": OUTPUT, "rows": len(pos), "clusters": int((sizes > 1).sum()),
-                 "duplicates": int(in_cluster.sum() - (sizes > 1).sum()), "method": config.method}  # fmt: skip
+        table, counts = cluster_table(ids, pos, left, right, rank, "image_cluster")
+        pq.write_table(table, out / OUTPUT)
+        stats = {"file": OUTPUT, "rows": len(pos), **counts, "method": config.method}
         if len(pos) > config.exact_max_rows:  # approximate search: say how close to exact it was
             stats["recall_vs_exact"] = faiss_search.recall_against_exact(embeddings, config, pairs=pairs)
         return stats
