@@ -54,13 +54,14 @@ def test_plantmix_sql_works_from_an_installed_wheel(installed_wheel, tmp_path):
             for i, (s, st, k, r) in enumerate([("a", "ok", True, None), ("a", "ok", False, "clip_score_min"),
                                                ("b", "rejected", False, "rejected")])]  # fmt: skip
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), manifest)
-    code = (
-        "import pipeline, sys; from pipeline.query import cli; "
-        f"assert pipeline.__file__.startswith({str(installed_wheel)!r}), pipeline.__file__; "
-        f"sys.exit(cli.main(['sql', 'SELECT source, kept FROM by_source', '--build', {str(manifest.parent)!r}, "
-        "'--format', 'csv']))"
-    )
-    done = run_installed(installed_wheel, tmp_path, code)
+    # The console script the wheel installs (not ``python -m``): its entry point must name a real module.
+    script = installed_wheel / "bin" / "plantmix"
+    assert script.is_file(), sorted(p.name for p in (installed_wheel / "bin").iterdir())
+    env = {**os.environ, "PYTHONPATH": str(installed_wheel)}
+    done = subprocess.run(
+        [str(script), "sql", "SELECT source, kept FROM by_source", "--build", str(manifest.parent), "--format", "csv"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["source,kept", "a,1", "b,0"]
 
