@@ -18,6 +18,7 @@ from prefect.artifacts import (
 )
 
 from pipeline.core.harness import Build, Stage, read_marker, stage_report
+from pipeline.core.io import exists, join, open_input, read_json
 from pipeline.query.summary import EXAMPLE_QUERY
 
 
@@ -97,3 +98,23 @@ def publish_summary(build: Build, summary: dict[str, Any]) -> None:
         ]
     )
     create_markdown_artifact(markdown, key=artifact_key(build, "summary"), description="build summary")
+
+
+def publish_release(build: Build) -> dict[str, Any] | None:
+    """The release card as a Markdown artifact and the release's counts per domain and source as a table."""
+    release_json = join(build.layout.release, "release.json")
+    if not exists(release_json):
+        return None
+    release = read_json(release_json)
+    counts = release["counts"]
+    table = [{"domain": d, "target": release["target"].get(d), "released": n} for d, n in counts["by_domain"].items()]
+    table += [{"source": s, "released": n} for s, n in counts["by_source"].items()]
+    table.append({"packed": counts["packed"], "url_only": counts["url_only"], "shards": counts["shards"]})
+    create_table_artifact(
+        table, key=artifact_key(build, "release"), description="released samples per domain and source"
+    )
+    with open_input(join(build.layout.release, "RELEASE.md"), "r") as f:
+        card = f.read()
+    header = f"Release folder: `{build.layout.release}` (plots under `plots/`)\n\n"
+    create_markdown_artifact(header + card, key=artifact_key(build, "release-card"), description="release card")
+    return release

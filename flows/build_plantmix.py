@@ -21,7 +21,7 @@ from prefect import flow, task, unmapped
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.artifacts import Progress, publish_stage, publish_summary
+from flows.artifacts import Progress, publish_release, publish_stage, publish_summary
 from pipeline.core.config import Recipe, load_recipe
 from pipeline.core.harness import TRANSIENT_ERRORS, Build, Stage, run_reduce, run_unit
 from pipeline.query import sql
@@ -95,6 +95,7 @@ def build_stages(recipe: Recipe) -> dict[str, Any]:
         _finish(running, build)
     done = result(build)
     publish_summary(build, done["summary"])
+    publish_release(build)
     return done
 
 
@@ -136,7 +137,24 @@ def main(argv: list[str] | None = None) -> int:
     build_folder = done["manifest"].rsplit("/", 1)[0]
     print(f'\nexample query: plantmix sql "{EXAMPLE_QUERY}" --build {build_folder}')
     print(sql.connect(build_folder).sql(EXAMPLE_QUERY))
+    if done.get("release"):
+        print(release_notice(done["release"]))
     return 0
+
+
+def release_notice(release: dict[str, Any]) -> str:
+    """Where the release card is and how to train on the release."""
+    folder, counts = release["folder"], release["counts"]
+    last = counts["shards"] - 1
+    return "\n".join([
+        f"\nrelease: {folder} ({counts['packed']} samples in {counts['shards']} shards; card: {folder}/RELEASE.md)",
+        "train DALIP on it:",
+        f"  python -m dalip.train --manifest {folder}/manifest.parquet --model DALIP-Tiny --epochs 2 --batch-size 16 "
+        f"--precision fp32 --output-dir runs/{release['name']}",
+        "or with open_clip's own trainer:",
+        f"  python -m open_clip_train.main --dataset-type webdataset "
+        f"--train-data '{folder}/shards/{{00000..{last:05d}}}.tar' --train-num-samples {counts['packed']} ...",
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.core.config import Recipe
 from pipeline.core.harness import Build, Stage, run_reduce, run_unit
-from pipeline.core.io import read_json
+from pipeline.core.io import exists, join, read_json
 from pipeline.demo.sample_server import SampleServer
 from pipeline.stages import STAGES
 
@@ -51,5 +51,9 @@ def run_build(recipe: Recipe, stages: Sequence[Stage] = STAGES) -> dict[str, Any
 
 
 def result(build: Build) -> dict[str, Any]:
-    """What a finished build reports: the manifest's path and its summary."""
-    return {"manifest": build.layout.manifest, "summary": read_json(build.layout.summary)}
+    """What a finished build reports: the manifest's path and its summary, and the release where there is one."""
+    done = {"manifest": build.layout.manifest, "summary": read_json(build.layout.summary), "release": None}
+    release_json = join(build.layout.release, "release.json")
+    if build.recipe.sample is not None and exists(release_json):
+        done["release"] = {"folder": build.layout.release, **read_json(release_json)}
+    return done

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,6 +22,33 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")  # tests read r
 # A private Prefect home: in-process flows get their own temporary server and database.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="plantmix-test-prefect-")
 os.environ.pop("PREFECT_API_URL", None)
+
+
+DEMO_RECIPE = str(REPO / "manifests" / "recipes" / "demo.yaml")
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory) -> Path:
+    """``make demo``'s build (crawl -> ... -> publish) through the in-process flow, once per test session.
+
+    Tests that change the build work on a copy (:func:`copy_build`).
+    """
+    from flows.build_plantmix import build_plantmix
+
+    out = tmp_path_factory.mktemp("demo") / "build"
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the recipe's relative paths are relative to the repository root
+    try:
+        build_plantmix(recipe=DEMO_RECIPE, output_dir=str(out))
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+def copy_build(build: Path, dest: Path) -> Path:
+    """A private copy of a finished build (hard links would share the tars a test may rewrite)."""
+    shutil.copytree(build, dest, symlinks=True)
+    return dest
 
 
 def free_port() -> int:

@@ -62,10 +62,12 @@ def test_plantmix_download_and_mix_targets():
     assert recipe.serve_sample is None  # a real crawl, not the bundled sample
     assert recipe.download.shard_size == 10_000
     assert recipe.download.user_agent_token and recipe.download.respect_robots_txt
-    mix = recipe.later_stages["mix"]
-    assert mix["target_total"] == 13_000_000
-    assert mix["general_share"] == pytest.approx(3 / 13, abs=0.005)
-    assert {"mix", "publish"} <= set(recipe.later_stages)  # stages not built yet
+    targets = recipe.sample.targets()
+    assert targets == {"plant": 10_000_000, "general": 3_000_000}
+    assert targets["general"] / sum(targets.values()) == pytest.approx(3 / 13, abs=0.005)
+    assert recipe.sample.licenses.otherwise == "url_only" and "unspecified" not in recipe.sample.licenses.redistribute
+    assert recipe.publish.shard_size == 10_000
+    assert set(recipe.later_stages) == {"mix"}  # the mixing-law loop is not built yet
     assert recipe.dedup.image.threshold == 0.95 and "plantnet" in recipe.dedup.decontamination.eval_sets
     assert recipe.embed.model == "ViT-B-16" and not recipe.embed.random_init  # real weights, not a demo model
     assert recipe.filter.clip_top_fraction == {"plant": 0.7, "general": 0.3}

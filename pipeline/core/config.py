@@ -196,6 +196,92 @@ class DedupConfig:
     decontamination: DecontaminationConfig | None = None
 
 
+DOMAINS = ("plant", "general")
+# License families (the code without its version: cc-by-sa-4.0 -> cc-by-sa) whose images may be repacked. The
+# "no derivatives" licenses are left out: the downloaded copies are resized, which they do not allow.
+REDISTRIBUTABLE_LICENSES = ["cc0", "pdm", "cc-by", "cc-by-sa", "cc-by-nc", "cc-by-nc-sa"]
+
+
+@dataclass
+class DomainSampling:
+    """How one domain's rows are drawn: caps first, then strata filled evenly so the long tail survives.
+
+    ``stratify_by``: "species" (rows of rare species are taken before a common species gets more), "source" (each
+    source in turn), or "none" (uniform). Caps drop rows beyond the cap (reasons over_species_cap, over_source_cap).
+    """
+
+    stratify_by: str = "species"
+    max_per_species: int | None = None
+    max_per_source: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.stratify_by not in ("species", "source", "none"):
+            raise RecipeError(f"stratify_by: expected 'species', 'source' or 'none', got {self.stratify_by!r}")
+        for name in ("max_per_species", "max_per_source"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise RecipeError(f"{name}: expected a positive count, got {getattr(self, name)}")
+
+
+@dataclass
+class LicensePolicy:
+    """Which kept rows may be packed into the release shards; the others are excluded or released as URLs only."""
+
+    redistribute: list[str] = field(default_factory=lambda: list(REDISTRIBUTABLE_LICENSES))
+    otherwise: str = "exclude"  # "exclude" (reason license_excluded) or "url_only" (released as url + metadata)
+
+    def __post_init__(self) -> None:
+        if self.otherwise not in ("exclude", "url_only"):
+            raise RecipeError(f"otherwise: expected 'exclude' or 'url_only', got {self.otherwise!r}")
+
+
+@dataclass
+class SampleConfig:
+    """The release's exact selection from the kept rows: ``total`` + ``general_share``, or ``counts`` per domain."""
+
+    total: int | None = None  # rows in the release (13_000_000 for PlantMix-13M)
+    general_share: float | None = None  # share of ``total`` from the general domain (PlantMix: 3/13)
+    counts: dict[str, int] = field(default_factory=dict)  # or explicit counts, e.g. {plant: 10_000_000, general: ...}
+    seed: int = 0  # selection and shuffle; the same seed gives the same release
+    plant: DomainSampling = field(default_factory=DomainSampling)
+    general: DomainSampling = field(default_factory=lambda: DomainSampling(stratify_by="source"))
+    allow_upsampling: bool = False  # a domain short of its count repeats rows (sample_repeat) instead of failing
+    licenses: LicensePolicy = field(default_factory=LicensePolicy)
+
+    def __post_init__(self) -> None:
+        if self.counts:
+            if self.total is not None or self.general_share is not None:
+                raise RecipeError("sample: give either counts or total + general_share, not both")
+            unknown = sorted(set(self.counts) - set(DOMAINS))
+            if unknown or any(n < 0 for n in self.counts.values()):
+                raise RecipeError(f"sample.counts: expected non-negative counts for {DOMAINS}, got {self.counts}")
+        elif self.total is None or self.general_share is None:
+            raise RecipeError("sample: give total and general_share (e.g. 13000000 and 0.23), or counts per domain")
+        elif self.total < 0 or not 0 <= self.general_share <= 1:
+            raise RecipeError(f"sample: expected total >= 0 and general_share in [0, 1], got {self.total}, "
+                              f"{self.general_share}")  # fmt: skip
+
+    def targets(self) -> dict[str, int]:
+        """Rows per domain: the explicit counts, or ``total`` split by ``general_share`` (general rounded)."""
+        if self.counts:
+            return {domain: int(self.counts.get(domain, 0)) for domain in DOMAINS}
+        general = round(self.total * self.general_share)
+        return {"plant": self.total - general, "general": general}
+
+    def domain(self, name: str) -> DomainSampling:
+        return getattr(self, name)
+
+
+@dataclass
+class PublishConfig:
+    """The release: equal-size webdataset shards of the selection, its manifest, card and attribution."""
+
+    shard_size: int = 10_000  # samples per release shard (the last may be short); each shard is one unit
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise RecipeError(f"shard_size: expected a positive count, got {self.shard_size}")
+
+
 @dataclass
 class DuckDBConfig:
     """How the global steps (plan, repeat check, thresholds, merge) run DuckDB; memory stays under the limit."""
@@ -216,6 +302,8 @@ class Recipe:
     dedup: DedupConfig | None = None  # exact, caption, image dedup and decontamination; None = stages off
     filter: FilterConfig = field(default_factory=FilterConfig)  # quality and CLIP-score rules
     duckdb: DuckDBConfig = field(default_factory=DuckDBConfig)  # the global steps' DuckDB limits
+    sample: SampleConfig | None = None  # the release's exact selection; None = no sample, no release
+    publish: PublishConfig = field(default_factory=PublishConfig)  # the release's shards (with a sample section)
     serve_sample: str | None = None  # folder served on loopback during the build (bundled offline sample)
     sample_host: str = "http://sample.plantmix.invalid/"  # URL prefix the sample's exports use
     later_stages: dict[str, Any] = field(default_factory=dict)  # placeholders for stages not built yet

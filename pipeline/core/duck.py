@@ -57,3 +57,10 @@ def literal(value: str) -> str:
 def file_list(paths: Iterable[str]) -> str:
     """A DuckDB list literal of file paths, for ``read_parquet([...])``."""
     return "[" + ", ".join(literal(p) for p in paths) + "]"
+
+
+def kv_metadata(metadata: dict[str, str]) -> str:
+    """The ``COPY ... (FORMAT parquet ...)`` option that writes ``metadata`` into the Parquet footer ('' if none)."""
+    if not metadata:
+        return ""
+    return ", KV_METADATA {" + ", ".join(f"{literal(key)}: {literal(value)}" for key, value in metadata.items()) + "}"

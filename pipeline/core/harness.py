@@ -170,6 +170,7 @@ def run_unit(stage: Stage, build: Build, unit: str) -> dict[str, Any]:
         lambda out: stage.run(build, unit, out),
         decides=stage.decides(build, unit),
         provenance={"stage": stage.name, **stage.provenance(build, unit)},
+        on_change=stage.on_change,
     )
 
 

@@ -16,6 +16,11 @@ or any fsspec URL (``s3://bucket/builds/plantmix-13m``).
   <stage>/<unit>.done.json                    completion marker of one unit (stats, fingerprint, provenance)
   <stage>/_<step>.done.json                   completion marker of a global step (plan, reduce)
   manifest.parquet, summary.json, build.json  the judged manifest, its summary, the build's provenance
+  sample/selection.parquet                    one row per released copy: position, release shard and key
+  publish/packlist.parquet, url_only.parquet  released copies with metadata and image byte ranges, in order
+  publish/<NNNNN>.tar, <NNNNN>.parquet        one release shard and its rows of the release manifest
+  release/                                    shards/, sizes.json, manifest.parquet, release.json, RELEASE.md,
+                                              plots/, ATTRIBUTION.md + .csv (assembled last, atomically)
 ```
 """
 
@@ -91,6 +96,11 @@ class BuildLayout:
     @property
     def build_record(self) -> str:
         return join(self.root, "build.json")
+
+    @property
+    def release(self) -> str:
+        """The published release (shards/, sizes.json, manifest.parquet, release.json, RELEASE.md, ...)."""
+        return join(self.root, "release")
 
     @property
     def scratch(self) -> str:

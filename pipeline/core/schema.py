@@ -105,7 +105,42 @@ DECISION_FIELDS = [
     pa.field("drop_reason", pa.string()),
 ]
 
-MANIFEST_SCHEMA = pa.schema(CANDIDATE_FIELDS + DOWNLOAD_FIELDS + SCORE_FIELDS + DEDUP_FIELDS + DECISION_FIELDS)
+# Columns the sample stage fills (NULL until it has run): which kept rows the release holds, and where.
+SAMPLE_NOT_SAMPLED = "not_sampled"  # eligible, but the domain's target was reached without it
+SAMPLE_OVER_SPECIES_CAP = "over_species_cap"  # its species already has the recipe's maximum
+SAMPLE_OVER_SOURCE_CAP = "over_source_cap"  # its source already has the recipe's maximum
+SAMPLE_LICENSE_EXCLUDED = "license_excluded"  # its license forbids redistribution and the policy excludes it
+SAMPLE_REASONS = (SAMPLE_LICENSE_EXCLUDED, SAMPLE_OVER_SPECIES_CAP, SAMPLE_OVER_SOURCE_CAP, SAMPLE_NOT_SAMPLED)
+SAMPLE_FIELDS = [
+    pa.field("selected", pa.bool_()),  # in the release; false for every other row once sampling ran
+    pa.field("sample_reason", pa.string()),  # why a kept row is not selected (SAMPLE_REASONS)
+    pa.field("sample_repeat", pa.int32()),  # copies in the release: 1, or more where upsampling was allowed
+    pa.field("release_shard", pa.string()),  # release tar relative to the release folder; NULL for URL-only rows
+    pa.field("release_key", pa.string()),  # __key__ of its (first) copy in that tar
+]
+
+MANIFEST_SCHEMA = pa.schema(
+    CANDIDATE_FIELDS + DOWNLOAD_FIELDS + SCORE_FIELDS + DEDUP_FIELDS + DECISION_FIELDS + SAMPLE_FIELDS
+)
+
+# The release's own manifest (``release/manifest.parquet``): one row per released copy, in shard and key order.
+# ``shard`` and ``key`` say where the bytes are (``shard`` relative to the release folder, as the trainer reads
+# it); ``keep`` is true where the bytes are in the shards and false for a URL-only row (license policy).
+_RELEASE_FROM_MANIFEST = (
+    "sample_id", "domain", "source", "source_record_id", "url", "page_url", "caption", "caption_kind",
+    "caption_variants", "original_text", "scientific_name", "common_name", "taxon_rank", "taxonomy", "license",
+    "license_url", "rights_holder", "attribution", "image_sha256", "width", "height", "clip_model", "clip_score",
+)  # fmt: skip
+RELEASE_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("shard", pa.string()),
+        pa.field("key", pa.string()),
+        pa.field("keep", pa.bool_(), nullable=False),
+        pa.field("copy", pa.int32(), nullable=False),  # 0, or 1.. for the extra copies of an upsampled row
+        *(MANIFEST_SCHEMA.field(name) for name in _RELEASE_FROM_MANIFEST[1:]),
+    ]
+)
 
 
 def sample_id_for(source: str, record_id: str) -> str:

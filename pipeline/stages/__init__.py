@@ -13,6 +13,8 @@ from pipeline.stages.dedup.image import ImageDedupStage
 from pipeline.stages.download import DownloadStage
 from pipeline.stages.embed import EmbedStage
 from pipeline.stages.judge import JudgeStage
+from pipeline.stages.publish import PublishStage
+from pipeline.stages.sample import SampleStage
 
 # Embed follows download shard by shard; the dedup stages then run in the order their drops depend on (each
 # leaves out what an earlier one dropped): exact, caption, image; decontamination compares every embedded row.
@@ -25,7 +27,8 @@ _BEFORE_JUDGE: tuple[Stage, ...] = (
     ImageDedupStage(),
     DecontaminateStage(),
 )
-STAGES: tuple[Stage, ...] = (*_BEFORE_JUDGE, JudgeStage(_BEFORE_JUDGE))
+# The judge writes the manifest; the sample stage selects the release from its kept rows, publish packs it.
+STAGES: tuple[Stage, ...] = (*_BEFORE_JUDGE, JudgeStage(_BEFORE_JUDGE), SampleStage(), PublishStage())
 
 
 def stage_named(name: str) -> Stage:

@@ -17,23 +17,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.build_plantmix import build_plantmix, main
 from pipeline.query import sql
+from tests.conftest import DEMO_RECIPE as RECIPE
 from tests.conftest import REPO, free_port
 
-RECIPE = str(REPO / "manifests" / "recipes" / "demo.yaml")
 DEDUP_REASONS = {"contaminated", "exact_duplicate", "caption_duplicate", "image_duplicate"}
 ADAPTER_SOURCE = {"inaturalist": "inaturalist", "gbif_dwca": "plantnet", "url_caption_pool": "general_pool"}
-
-
-@pytest.fixture(scope="module")
-def demo_build(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "build"
-    cwd = os.getcwd()
-    os.chdir(REPO)  # the recipe's relative paths are relative to the repository root
-    try:
-        build_plantmix(recipe=RECIPE, output_dir=str(out))
-    finally:
-        os.chdir(cwd)
-    return out
 
 
 def _manifest(out: Path):

@@ -1,0 +1,196 @@
+"""The exact, seeded, stratified selection of the release from the manifest's kept rows, in DuckDB SQL.
+
+Every kept row gets a draw ``md5(seed:sample_id)`` (md5, unlike DuckDB's ``hash``, is the same on every version
+and machine), then, per domain and in this order:
+
+1. the license policy: a license outside ``redistribute`` is ``license_excluded`` (or released URL-only);
+2. the caps: beyond ``max_per_species`` rows of its species (by draw), or ``max_per_source`` of its source (a
+   source keeps every species' first rows before any species' later ones, so the cap does not cut the tail);
+3. the strata: every remaining row's rank within its stratum (species, source or none) by draw. Rows are taken
+   in order of (rank, draw) until the domain's count is reached: first one row of every stratum, then a second
+   of every stratum that has one, and so on ("water filling"), so rare species are never crowded out by common
+   ones; the boundary round is filled by draw. What is left is ``not_sampled``.
+
+A domain with fewer eligible rows than its count raises :class:`SampleShortfall` naming every short domain,
+unless upsampling is allowed: then every eligible row is repeated ``count // n`` times and the first
+``count % n`` once more (``sample_repeat``). The selected copies are shuffled across sources by a second draw and
+numbered: ``position`` -> release shard ``position // shard_size`` and key ``position`` (9 digits). Nothing here
+becomes a Python object per row: at 13M rows this is a few sorts inside DuckDB.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from pipeline.core import schema
+from pipeline.core.config import DOMAINS, DomainSampling, SampleConfig
+from pipeline.core.duck import literal
+
+KEY_DIGITS = 9  # release keys are the global position, zero-padded: sortable, unique across shards
+SHARD_DIGITS = 5
+
+
+class SampleShortfall(ValueError):
+    """A domain has fewer eligible rows than its count and upsampling is not allowed."""
+
+    def __init__(self, shortfall: dict[str, dict[str, int]]) -> None:
+        self.shortfall = shortfall
+        lines = [
+            f"{d}: {s['eligible']} eligible for {s['target']} (missing {s['missing']})" for d, s in shortfall.items()
+        ]
+        super().__init__(
+            "not enough kept rows to sample exactly: " + "; ".join(lines)
+            + ". Lower the counts, relax the caps or the license policy, or set sample.allow_upsampling: true"
+        )  # fmt: skip
+
+
+def license_family(column: str) -> str:
+    """SQL: a license code without its version (``cc-by-sa-4.0`` -> ``cc-by-sa``, ``cc0-1.0`` -> ``cc0``)."""
+    return f"regexp_replace(coalesce({column}, ''), '-[0-9]+\\.[0-9]+$', '')"
+
+
+def _by_domain(values: dict[str, str]) -> str:
+    """SQL: ``CASE domain WHEN 'plant' THEN ... END`` (NULL for another domain)."""
+    return "CASE domain " + " ".join(f"WHEN {literal(d)} THEN {v}" for d, v in values.items()) + " END"
+
+
+def _stratum(rule: DomainSampling) -> str:
+    return {"species": "coalesce(scientific_name, '')", "source": "source", "none": "''"}[rule.stratify_by]
+
+
+def _cap(value: int | None) -> str:
+    return "NULL::BIGINT" if value is None else str(int(value))
+
+
+def rank_kept_rows(con: duckdb.DuckDBPyConnection, manifest: str, config: SampleConfig) -> None:
+    """Table ``ranked``: every kept row with its license verdict, cap verdicts and pick order within its domain."""
+    rules = {d: config.domain(d) for d in DOMAINS}
+    packable = ", ".join(literal(f) for f in config.licenses.redistribute)
+    exclude = config.licenses.otherwise == "exclude"
+    seed = literal(f"{config.seed}:")
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE kept AS
+        SELECT sample_id, domain, source,
+               {_by_domain({d: _stratum(r) for d, r in rules.items()})} AS stratum,
+               coalesce(scientific_name, '') AS species,
+               {license_family("license")} IN ({packable}) AS packable,
+               md5_number({seed} || sample_id) AS draw
+        FROM read_parquet({literal(manifest)}) WHERE keep
+        """
+    )
+    licensed = "packable" if exclude else "true"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE capped AS
+        WITH species_ranked AS (
+            SELECT *, {_by_domain({d: _cap(r.max_per_species) for d, r in rules.items()})} AS species_cap,
+                      {_by_domain({d: _cap(r.max_per_source) for d, r in rules.items()})} AS source_cap,
+                      CASE WHEN {licensed} THEN row_number() OVER (
+                          PARTITION BY domain, species, {licensed} ORDER BY draw) END AS species_rank
+            FROM kept
+        ), source_ranked AS (
+            SELECT *, CASE WHEN {licensed} AND (species_cap IS NULL OR species_rank <= species_cap)
+                           THEN row_number() OVER (
+                               PARTITION BY domain, source, {licensed} AND (species_cap IS NULL
+                                   OR species_rank <= species_cap) ORDER BY species_rank, draw) END AS source_rank
+            FROM species_ranked
+        )
+        SELECT sample_id, domain, stratum, packable, draw,
+               CASE WHEN NOT {licensed} THEN {literal(schema.SAMPLE_LICENSE_EXCLUDED)}
+                    WHEN species_rank > species_cap THEN {literal(schema.SAMPLE_OVER_SPECIES_CAP)}
+                    WHEN source_rank > source_cap THEN {literal(schema.SAMPLE_OVER_SOURCE_CAP)} END AS capped_reason
+        FROM source_ranked
+        """
+    )
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE ranked AS
+        WITH strata AS (
+            SELECT *, row_number() OVER (PARTITION BY domain, stratum ORDER BY draw) AS stratum_rank
+            FROM capped WHERE capped_reason IS NULL
+        )
+        SELECT c.sample_id, c.domain, c.packable, c.capped_reason,
+               row_number() OVER (PARTITION BY c.domain ORDER BY s.stratum_rank, s.draw) AS pick,
+               count(s.sample_id) OVER (PARTITION BY c.domain) AS eligible
+        FROM capped c LEFT JOIN strata s USING (sample_id)
+        """
+    )
+    # Rows capped away have no stratum rank: their pick numbers come after every eligible row's, so ``pick``
+    # counts eligible rows first; only eligible rows are ever picked (see decide()).
+
+
+def eligible_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    rows = con.sql("SELECT domain, count(*) FROM ranked WHERE capped_reason IS NULL GROUP BY 1").fetchall()
+    return {domain: int(n) for domain, n in rows}
+
+
+def shortfall(targets: dict[str, int], eligible: dict[str, int], allow_upsampling: bool) -> dict[str, dict[str, int]]:
+    """Domains that cannot reach their count: all of them short without upsampling; with it, only empty ones."""
+    short = {}
+    for domain, target in targets.items():
+        n = eligible.get(domain, 0)
+        if target > n and (not allow_upsampling or n == 0):
+            short[domain] = {"target": target, "eligible": n, "missing": target - n}
+    return short
+
+
+def decide(con: duckdb.DuckDBPyConnection, targets: dict[str, int], config: SampleConfig, shard_size: int) -> None:
+    """Tables ``decisions`` (per kept row: selected, reason, repeat) and ``selection`` (per released copy: position,
+    release shard and key; URL-only copies have no position)."""
+    target = _by_domain({d: str(int(n)) for d, n in targets.items()})
+    # Repeats: 1 for a picked row; with upsampling a short domain repeats every eligible row.
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE decisions AS
+        WITH targeted AS (SELECT *, coalesce({target}, 0) AS target FROM ranked)
+        SELECT sample_id, domain, packable,
+               capped_reason IS NULL AND pick <= target AS selected,
+               CASE WHEN capped_reason IS NOT NULL THEN capped_reason
+                    WHEN pick > target THEN {literal(schema.SAMPLE_NOT_SAMPLED)} END AS sample_reason,
+               CASE WHEN capped_reason IS NOT NULL OR pick > target THEN NULL
+                    WHEN eligible >= target THEN 1
+                    ELSE target // eligible + CASE WHEN pick <= target % eligible THEN 1 ELSE 0 END
+               END::INTEGER AS sample_repeat
+        FROM targeted
+        """
+    )
+    shuffle = literal(f"{config.seed}:shuffle:")
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE copies AS
+        SELECT sample_id, domain, packable, unnest(range(sample_repeat))::INTEGER AS copy
+        FROM decisions WHERE selected
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE selection AS
+        WITH numbered AS (
+            SELECT *, CASE WHEN packable THEN row_number() OVER (
+                          PARTITION BY packable ORDER BY md5_number({shuffle} || sample_id || ':' || copy)) - 1
+                      END AS position
+            FROM copies
+        )
+        SELECT sample_id, copy, domain, position,
+               'shards/' || lpad(CAST(position // {int(shard_size)} AS VARCHAR), {SHARD_DIGITS}, '0') || '.tar'
+                   AS release_shard,
+               lpad(CAST(position AS VARCHAR), {KEY_DIGITS}, '0') AS release_key
+        FROM numbered
+        ORDER BY position NULLS LAST, sample_id, copy
+        """
+    )
+
+
+def counts(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
+    """Per domain: rows selected (distinct), copies released, packed copies, and kept rows per unselected reason."""
+    out: dict[str, dict[str, int]] = {}
+    for domain, reason, n in con.sql(
+        "SELECT domain, coalesce(sample_reason, 'selected'), count(*) FROM decisions GROUP BY ALL ORDER BY ALL"
+    ).fetchall():
+        out.setdefault(domain, {})[reason] = int(n)
+    for domain, copies, packed in con.sql(
+        "SELECT domain, count(*), count(position) FROM selection GROUP BY 1 ORDER BY 1"
+    ).fetchall():
+        out.setdefault(domain, {}).update(copies=int(copies), packed=int(packed))
+    return out
