@@ -5,7 +5,7 @@
 CREATE OR REPLACE VIEW samples AS
 SELECT * FROM read_parquet('{manifest}');
 
--- The rows that are in the release so far.
+-- The rows that passed every rule (the sample stage draws the release from these).
 CREATE OR REPLACE VIEW kept AS
 SELECT * FROM samples WHERE keep;
 
@@ -79,3 +79,13 @@ ORDER BY m.method, duplicates DESC, m.representative;
 CREATE OR REPLACE VIEW contamination AS
 SELECT contaminates AS benchmark, source, count(*) AS rows
 FROM samples WHERE contaminates IS NOT NULL GROUP BY ALL ORDER BY benchmark, rows DESC;
+
+-- The rows in the release (NULL selected: the build has no sample section, or it has not run yet).
+CREATE OR REPLACE VIEW released AS
+SELECT * FROM samples WHERE selected;
+
+-- The sample stage's decisions per domain: kept rows selected, or why not (the counts add up to kept rows).
+CREATE OR REPLACE VIEW sampling AS
+SELECT domain, coalesce(sample_reason, CASE WHEN selected THEN '(selected)' ELSE '(not sampled yet)' END) AS outcome,
+       count(*) AS rows, sum(sample_repeat) AS copies
+FROM samples WHERE keep GROUP BY ALL ORDER BY domain, rows DESC;

@@ -116,7 +116,9 @@ def test_each_stage_shows_its_counts_and_progress_as_prefect_artifacts(demo_buil
 
     keys = ["plantmix-demo-crawl", "plantmix-demo-download", "plantmix-demo-embed", "plantmix-demo-judge",
             "plantmix-demo-summary", "plantmix-demo-download-progress", "plantmix-demo-embed-progress",
-            "plantmix-demo-dedup-exact", "plantmix-demo-dedup-caption", "plantmix-demo-decontaminate"]  # fmt: skip
+            "plantmix-demo-dedup-exact", "plantmix-demo-dedup-caption", "plantmix-demo-decontaminate",
+            "plantmix-demo-sample", "plantmix-demo-publish", "plantmix-demo-publish-progress",
+            "plantmix-demo-release", "plantmix-demo-release-card"]  # fmt: skip
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     latest = {}
@@ -134,6 +136,11 @@ def test_each_stage_shows_its_counts_and_progress_as_prefect_artifacts(demo_buil
     assert latest["plantmix-demo-download-progress"].data == 100.0
     card = latest["plantmix-demo-summary"].data
     assert "**200** candidates" in card and "manifest.parquet" in card and "plantmix sql" in card
+    release = json.loads(latest["plantmix-demo-release"].data)
+    assert {"by": "domain", "name": "plant", "target": 90, "released": 90} in release
+    assert {"by": "release", "name": "shards", "target": None, "released": 4} in release
+    release_card = latest["plantmix-demo-release-card"].data
+    assert "| sampled (selected) | 120 |" in release_card and "open_clip_train.main" in release_card
 
 
 def test_the_manifest_and_every_marker_record_the_code_version(demo_build):
@@ -152,6 +159,8 @@ def test_the_manifest_and_every_marker_record_the_code_version(demo_build):
         "dedup_caption",
         "dedup_image",
         "decontaminate",
+        "sample",
+        "publish",
     }
     assert {json.loads(m.read_text())["code_version"] for m in markers} == {version}
     assert json.loads((demo_build / "build.json").read_text())["code_version"] == version
@@ -203,6 +212,9 @@ def test_main_prints_summary_and_example_query(demo_build, capsys):
     assert "200 candidates = 174 ok + 17 rejected + 6 failed_download + 2 opted_out + 1 failed_decode" in out
     assert "exact_duplicate" in out and "contaminated" in out  # the summary's per-rule lines show dedup
     assert "plantmix sql" in out and "general_pool" in out
+    release = demo_build / "release"  # make demo ends by saying where the release card is and how to train
+    assert f"card: {release}/RELEASE.md" in out and f"--manifest {release}/manifest.parquet" in out
+    assert f"--train-data '{release}/shards/{{00000..00003}}.tar' --train-num-samples 120" in out
 
 
 @pytest.mark.server

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.core.config import load_recipe
 from pipeline.core.harness import Build
+from pipeline.query import sql
 from pipeline.runner import run_stage
 from pipeline.stages import stage_named
 from pipeline.stages.publish import shard_writer
@@ -90,6 +91,9 @@ def test_unselected_kept_rows_say_why_and_counts_add_up(demo_build):
     assert counts[(True, False, "over_species_cap")] == 2  # the species with 8 kept images, capped at 6
     assert sum(n for (k, s, r), n in counts.items() if k) == 157  # every kept row: selected or a reason
     assert all(r is None and not s for (k, s, r), n in counts.items() if not k)
+    view = sql.connect(str(demo_build)).sql("SELECT domain, outcome, rows FROM sampling").fetchall()
+    assert ("plant", "(selected)", 90) in view and ("general", "(selected)", 30) in view
+    assert sum(n for _, _, n in view) == 157
 
 
 def test_attribution_credits_every_cc_by_image_and_the_card_tells_the_story(demo_build):
