@@ -107,9 +107,12 @@ def publish_release(build: Build) -> dict[str, Any] | None:
         return None
     release = read_json(release_json)
     counts = release["counts"]
-    table = [{"domain": d, "target": release["target"].get(d), "released": n} for d, n in counts["by_domain"].items()]
-    table += [{"source": s, "released": n} for s, n in counts["by_source"].items()]
-    table.append({"packed": counts["packed"], "url_only": counts["url_only"], "shards": counts["shards"]})
+    table = [{"by": "domain", "name": d, "target": release["target"].get(d), "released": n}
+             for d, n in counts["by_domain"].items()]  # fmt: skip
+    table += [{"by": "source", "name": s, "target": None, "released": n} for s, n in counts["by_source"].items()]
+    table += [
+        {"by": "release", "name": k, "target": None, "released": counts[k]} for k in ("packed", "url_only", "shards")
+    ]
     create_table_artifact(
         table, key=artifact_key(build, "release"), description="released samples per domain and source"
     )
