@@ -7,8 +7,10 @@ and "all rights reserved" licenses so the repeat and reject paths run) goes thro
 - crawl: ``run_unit(crawl, build, "pool")`` -- the url_caption_pool adapter and the DuckDB repeat check
   (``mark_repeats``, also timed on its own);
 - plan: ``download.plan(build)`` -- the download plan, one Parquet file per 10k-row shard;
-- merge + judge: ``run_reduce(judge, build)`` -- CLIP-score thresholds by SQL window, the DuckDB merge of every
-  stage's Parquet ``COPY``'d to manifest.parquet with its checks, and summary.json (each step also timed).
+- merge + judge: ``run_reduce(judge, build)`` -- the groups of download shards (``GroupedMerge``), CLIP-score
+  thresholds by SQL window over every group's scores (``clip_thresholds``), the DuckDB merge of every stage's
+  Parquet, group by group, streamed to manifest.parquet with its checks (``write_manifest``), and summary.json
+  (each step also timed).
 
 Between plan and judge the download and embed outputs are synthesized in the stages' own per-shard formats
 (``download/<shard>.parquet`` in ``DOWNLOAD_ROWS_SCHEMA``, ``embed/<shard>.parquet`` with the CLIP scores) with
@@ -66,7 +68,7 @@ SAMPLE_SECONDS = 0.02
 TARGET_MERGE_ROWS = 13_000_000
 PIPELINE_STAGES = ("crawl", "plan", "merge+judge")  # what the driver costs; "synthesize" stands in for the network
 CRAWL_STEPS = ("mark_repeats",)  # the DuckDB repeat check and the copy that rejects repeats, inside crawl
-JUDGE_STEPS = ("top_fraction_thresholds", "write_manifest", "summarize")  # timed inside merge+judge
+JUDGE_STEPS = ("GroupedMerge", "clip_thresholds", "write_manifest", "summarize")  # timed inside merge+judge
 
 # Pool: what fraction of rows repeat an earlier uid, have an ftp URL, no caption, or no open license.
 REPEAT_FRACTION = 0.002

@@ -8,6 +8,7 @@ Writes ``manifest.parquet`` (one row per candidate, ``keep`` and the first faile
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,17 @@ from pipeline.core.io import write_json
 from pipeline.core.layout import MANIFEST_FILE
 from pipeline.core.version import code_version
 from pipeline.query.summary import summarize
-from pipeline.stages.judge.merge import ManifestError, StageColumns, define_merged, write_manifest
+from pipeline.stages.judge.merge import (
+    GroupedMerge,
+    ManifestError,
+    MergeInputs,
+    StageColumns,
+    shards_per_group,
+    write_manifest,
+)
 from pipeline.stages.judge.rules import rules_for, top_fraction_thresholds
 
+# One group's scored rows (``merged`` is a group's view); the merge gathers them over the whole build.
 SCORED_BY_DOMAIN = "SELECT domain, clip_score FROM merged WHERE clip_score IS NOT NULL"
 
 
@@ -64,13 +73,16 @@ class JudgeStage(Stage):
             contributions.append(StageColumns(stage.name, stage.output_files(build), stage.adds))
         con = duck.connect(recipe.duckdb, layout.root)
         crawl = [layout.crawl_file(s.name) for s in recipe.sources]
-        define_merged(con, crawl, layout.stage_files("download", shards), contributions)
-        thresholds = top_fraction_thresholds(con, SCORED_BY_DOMAIN, recipe.filter.clip_top_fraction)
-        rules = rules_for(recipe.filter, thresholds)
-        for stage in self._contributing(build):
-            rules += stage.rules(build)
-        provenance = {"plantmix_code_version": code_version(), "plantmix_build": recipe.name}
-        manifest = write_manifest(con, rules, out / MANIFEST_FILE, provenance)
+        plans = [layout.plan_file(shard) for shard in shards]
+        inputs = MergeInputs(crawl, shards, plans, layout.stage_files("download", shards), contributions)
+        with tempfile.TemporaryDirectory(prefix="_merge-", dir=out) as scratch:  # removed before publishing
+            merge = GroupedMerge(con, inputs, Path(scratch), shards_per_group(recipe.download.shard_size))
+            thresholds = clip_thresholds(build, merge)
+            rules = rules_for(recipe.filter, thresholds)
+            for stage in self._contributing(build):
+                rules += stage.rules(build)
+            provenance = {"plantmix_code_version": code_version(), "plantmix_build": recipe.name}
+            manifest = write_manifest(merge, rules, out / MANIFEST_FILE, provenance)
         summary = summarize(manifest, recipe.duckdb)
         dedup = {stage.name: _dedup_counts(stage, build) for stage in self._contributing(build)
                  if stage.name.startswith(("dedup_", "decontaminate"))}  # fmt: skip
@@ -83,6 +95,14 @@ class JudgeStage(Stage):
         record = {"recipe": recipe_to_dict(recipe), "code_version": code_version(), "finished_at": time.time()}
         write_json(out / "build.json", record)
         return summary
+
+
+def clip_thresholds(build: Build, merge: GroupedMerge) -> dict[str, float]:
+    """Top-fraction CLIP thresholds over the whole build's scores, gathered group by group."""
+    fractions = build.recipe.filter.clip_top_fraction
+    if not fractions:
+        return {}
+    return top_fraction_thresholds(merge.con, merge.gather(SCORED_BY_DOMAIN, "scores"), fractions)
 
 
 def _dedup_counts(stage: Stage, build: Build) -> dict[str, Any]:
