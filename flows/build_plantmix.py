@@ -81,12 +81,22 @@ def _finish(running: list[_Running], build: Build) -> None:
         publish_stage(build, r.stage)
 
 
+def stages_until(last: str | None) -> tuple[Stage, ...]:
+    """``STAGES`` up to and including the one named ``last`` (all of them for None)."""
+    names = [stage.name for stage in STAGES]
+    if last is None:
+        return STAGES
+    if last not in names:
+        raise ValueError(f"no stage {last!r}; stages: {', '.join(names)}")
+    return STAGES[: names.index(last) + 1]
+
+
 @flow(name="build-plantmix-stages")
-def build_stages(recipe: Recipe) -> dict[str, Any]:
+def build_stages(recipe: Recipe, until: str | None = None) -> dict[str, Any]:
     with sample_hosting(recipe) as hosted:  # the sample host, if any, stays up for the whole chain
         build = Build.of(hosted)
         running: list[_Running] = []
-        for stage in STAGES:
+        for stage in stages_until(until):
             follows = running[-1] if running and stage.follows == running[-1].stage.name else None
             if follows is None:
                 _finish(running, build)

@@ -67,7 +67,8 @@ def test_plantmix_download_and_mix_targets():
     assert targets["general"] / sum(targets.values()) == pytest.approx(3 / 13, abs=0.005)
     assert recipe.sample.licenses.otherwise == "url_only" and "unspecified" not in recipe.sample.licenses.redistribute
     assert recipe.publish.shard_size == 10_000
-    assert set(recipe.later_stages) == {"mix"}  # the mixing-law loop is not built yet
+    assert recipe.mixing_law.shares == [0.0, 0.1, 0.2, 0.3, 0.5] and recipe.mixing_law.rule == "critical"
+    assert not recipe.later_stages  # every stage of the chain exists
     assert recipe.dedup.image.threshold == 0.95 and "plantnet" in recipe.dedup.decontamination.eval_sets
     assert recipe.embed.model == "ViT-B-16" and not recipe.embed.random_init  # real weights, not a demo model
     assert recipe.filter.clip_top_fraction == {"plant": 0.7, "general": 0.3}

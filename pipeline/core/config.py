@@ -240,6 +240,7 @@ class SampleConfig:
 
     total: int | None = None  # rows in the release (13_000_000 for PlantMix-13M)
     general_share: float | None = None  # share of ``total`` from the general domain (PlantMix: 3/13)
+    share_from_mixing_law: bool = False  # take the share from the mix stage's fit (mixing_law.json) instead
     counts: dict[str, int] = field(default_factory=dict)  # or explicit counts, e.g. {plant: 10_000_000, general: ...}
     seed: int = 0  # selection and shuffle; the same seed gives the same release
     plant: DomainSampling = field(default_factory=DomainSampling)
@@ -254,21 +255,62 @@ class SampleConfig:
             unknown = sorted(set(self.counts) - set(DOMAINS))
             if unknown or any(n < 0 for n in self.counts.values()):
                 raise RecipeError(f"sample.counts: expected non-negative counts for {DOMAINS}, got {self.counts}")
-        elif self.total is None or self.general_share is None:
-            raise RecipeError("sample: give total and general_share (e.g. 13000000 and 0.23), or counts per domain")
+        elif self.total is None or (self.general_share is None) == (not self.share_from_mixing_law):
+            raise RecipeError("sample: give total and general_share (e.g. 13000000 and 0.23) or total and "
+                              "share_from_mixing_law: true, or counts per domain")  # fmt: skip
+        elif self.share_from_mixing_law:
+            return
         elif self.total < 0 or not 0 <= self.general_share <= 1:
             raise RecipeError(f"sample: expected total >= 0 and general_share in [0, 1], got {self.total}, "
                               f"{self.general_share}")  # fmt: skip
 
-    def targets(self) -> dict[str, int]:
-        """Rows per domain: the explicit counts, or ``total`` split by ``general_share`` (general rounded)."""
+    def targets(self, fitted_share: float | None = None) -> dict[str, int]:
+        """Rows per domain: the explicit counts, or ``total`` split by the general share (general rounded): the
+        recipe's ``general_share``, or ``fitted_share`` (the mixing law's) with ``share_from_mixing_law``."""
         if self.counts:
             return {domain: int(self.counts.get(domain, 0)) for domain in DOMAINS}
-        general = round(self.total * self.general_share)
+        share = fitted_share if self.share_from_mixing_law else self.general_share
+        if share is None:
+            raise RecipeError("sample.share_from_mixing_law: no fitted share yet; the mix stage has not run")
+        general = round(self.total * share)
         return {"plant": self.total - general, "general": general}
 
     def domain(self, name: str) -> DomainSampling:
         return getattr(self, name)
+
+
+@dataclass
+class MixingLawConfig:
+    """The proxy runs that choose the general-domain share (DESIGN.md section 6, the ``mix`` stage).
+
+    One proxy per share: ``proxy_rows`` kept rows at that general share, trained with ``dalip.train`` and scored by
+    its loss on held-out plant and general rows (``dalip.validate``); the law is fitted per domain and ``rule``
+    picks the share. ``critical``: the smallest share whose fitted general loss is at most ``reference`` (L0); with
+    no reference, L0 = the fitted general loss at share 1 times (1 + ``reference_tolerance``).
+    """
+
+    shares: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.5])
+    proxy_rows: int = 100_000  # training rows per proxy
+    heldout_rows: int = 5_000  # per domain: held out of every proxy, never trained on
+    seed: int = 0
+    batch_size: int = 256  # training and validation batch (the contrastive loss depends on it)
+    train_args: list[str] = field(default_factory=lambda: ["--model", "ViT-B-16", "--epochs", "1"])
+    rule: str = "critical"  # "critical" or "weighted"
+    reference: float | None = None  # L0 of the critical rule, e.g. the starting model's general loss
+    reference_tolerance: float = 0.05
+    weights: dict[str, float] = field(default_factory=dict)  # the weighted rule's weight per domain
+    allow_unreliable: bool = False  # go on with a fit flagged unreliable (toy scale); otherwise the build stops
+
+    def __post_init__(self) -> None:
+        if (
+            len(self.shares) < 4
+            or any(not 0 <= s <= 1 for s in self.shares)
+            or len(set(self.shares)) != len(self.shares)
+        ):
+            raise RecipeError(f"shares: expected at least 4 distinct shares in [0, 1] (the law has 3 parameters), "
+                              f"got {self.shares}")  # fmt: skip
+        if self.rule not in ("critical", "weighted"):
+            raise RecipeError(f"rule: expected 'critical' or 'weighted', got {self.rule!r}")
 
 
 @dataclass
@@ -302,6 +344,7 @@ class Recipe:
     dedup: DedupConfig | None = None  # exact, caption, image dedup and decontamination; None = stages off
     filter: FilterConfig = field(default_factory=FilterConfig)  # quality and CLIP-score rules
     duckdb: DuckDBConfig = field(default_factory=DuckDBConfig)  # the global steps' DuckDB limits
+    mixing_law: MixingLawConfig | None = None  # proxy runs + law fit that choose the general share; None = off
     sample: SampleConfig | None = None  # the release's exact selection; None = no sample, no release
     publish: PublishConfig = field(default_factory=PublishConfig)  # the release's shards (with a sample section)
     serve_sample: str | None = None  # folder served on loopback during the build (bundled offline sample)

@@ -16,6 +16,8 @@ or any fsspec URL (``s3://bucket/builds/plantmix-13m``).
   <stage>/<unit>.done.json                    completion marker of one unit (stats, fingerprint, provenance)
   <stage>/_<step>.done.json                   completion marker of a global step (plan, reduce)
   manifest.parquet, summary.json, build.json  the judged manifest, its summary, the build's provenance
+  mix/heldout-<domain>.parquet, share-<r>.json  held-out rows; each proxy's losses (and its training set, log)
+  mixing_law.json, mixing_law.png             the fitted law per domain and the chosen general share
   sample/selection.parquet                    one row per released copy: position, release shard and key
   publish/packlist.parquet, url_only.parquet  released copies with metadata and image byte ranges, in order
   publish/<NNNNN>.tar, <NNNNN>.parquet        one release shard and its rows of the release manifest
@@ -96,6 +98,15 @@ class BuildLayout:
     @property
     def build_record(self) -> str:
         return join(self.root, "build.json")
+
+    @property
+    def mixing_law(self) -> str:
+        """The mix stage's fit and chosen share (JSON); its plot is :attr:`mixing_law_plot`."""
+        return join(self.root, "mixing_law.json")
+
+    @property
+    def mixing_law_plot(self) -> str:
+        return join(self.root, "mixing_law.png")
 
     @property
     def release(self) -> str:

@@ -3,6 +3,7 @@
     plantmix sql "SELECT * FROM by_source" --build builds/demo
     plantmix sql --build builds/demo            # interactive: one query per line, Ctrl-D to quit
     plantmix summary --build builds/demo
+    plantmix mixing-law fit results.csv --reference 0.42   # pipeline/mixing/cli.py
 
 Views: samples, kept, by_source, by_status, licenses, failures, taxa (pipeline/query/views.sql).
 The build itself runs through Prefect: ``python -m flows.build_plantmix --recipe ...``.
@@ -16,6 +17,7 @@ import sys
 
 import duckdb
 
+from pipeline.mixing.cli import add_parser as add_mixing_law_parser
 from pipeline.query import sql
 from pipeline.query.summary import render, summarize
 
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p_sum.add_argument("--build", required=True, help="build folder, or a manifest Parquet file")
     p_sum.add_argument("--json", action="store_true", help="print JSON instead of text")
     p_sum.set_defaults(func=cmd_summary)
+    add_mixing_law_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

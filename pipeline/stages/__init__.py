@@ -13,6 +13,7 @@ from pipeline.stages.dedup.image import ImageDedupStage
 from pipeline.stages.download import DownloadStage
 from pipeline.stages.embed import EmbedStage
 from pipeline.stages.judge import JudgeStage
+from pipeline.stages.mix import MixStage
 from pipeline.stages.publish import PublishStage
 from pipeline.stages.sample import SampleStage
 
@@ -27,8 +28,9 @@ _BEFORE_JUDGE: tuple[Stage, ...] = (
     ImageDedupStage(),
     DecontaminateStage(),
 )
-# The judge writes the manifest; the sample stage selects the release from its kept rows, publish packs it.
-STAGES: tuple[Stage, ...] = (*_BEFORE_JUDGE, JudgeStage(_BEFORE_JUDGE), SampleStage(), PublishStage())
+# The judge writes the manifest; mix fits the mixing law on proxy runs over its kept rows (when the recipe asks);
+# the sample stage selects the release from the kept rows, publish packs it.
+STAGES: tuple[Stage, ...] = (*_BEFORE_JUDGE, JudgeStage(_BEFORE_JUDGE), MixStage(), SampleStage(), PublishStage())
 
 
 def stage_named(name: str) -> Stage:

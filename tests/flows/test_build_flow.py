@@ -159,6 +159,7 @@ def test_the_manifest_and_every_marker_record_the_code_version(demo_build):
         "dedup_caption",
         "dedup_image",
         "decontaminate",
+        "mix",
         "sample",
         "publish",
     }

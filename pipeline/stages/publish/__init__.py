@@ -29,7 +29,7 @@ from pipeline.core import duck, schema
 from pipeline.core.config import recipe_to_dict
 from pipeline.core.duck import literal
 from pipeline.core.harness import Build, Stage, read_marker, run_step, unit_fingerprints
-from pipeline.core.io import is_local, join, url_to_fs, write_json
+from pipeline.core.io import exists, is_local, join, read_json, url_to_fs, write_json
 from pipeline.core.version import code_version
 from pipeline.stages.publish.attribution import write_attribution
 from pipeline.stages.publish.card import write_card
@@ -87,7 +87,11 @@ class PublishStage(Stage):
         return stats
 
     def reduce_decides(self, build: Build) -> Any:
-        return {"units": unit_fingerprints(self.dir(build), ["_plan", *self.units(build)])}
+        mix = read_marker(build.layout.stage_dir("mix"), "_reduce") or {}
+        return {
+            "units": unit_fingerprints(self.dir(build), ["_plan", *self.units(build)]),
+            "mixing_law": mix.get("finished_at"),  # a new fit redraws the card
+        }
 
     def reduce(self, build: Build, out: Path) -> dict[str, Any]:
         layout, recipe = build.layout, build.recipe
@@ -143,7 +147,25 @@ def release_record(build: Build, con, manifest: str, units: list[str]) -> dict[s
         "recipe_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "code_version": code_version(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "mixing_law": None,
+        "mixing_law": mixing_law_summary(build),
+    }
+
+
+def mixing_law_summary(build: Build) -> dict[str, Any] | None:
+    """What the card shows of the mix stage's fit: the plot, the chosen share and whether the sample used it."""
+    layout = build.layout
+    if not exists(layout.mixing_law):
+        return None
+    result = read_json(layout.mixing_law)
+    return {
+        "plot": layout.mixing_law_plot,
+        "share": result.get("share"),
+        "used_by_sample": build.recipe.sample.share_from_mixing_law,
+        "rule": result.get("rule"),
+        "reference": result.get("reference"),
+        "reliable": result.get("reliable"),
+        "problems": result.get("problems"),
+        "fit": {d: {k: f.get(k) for k in ("c", "k", "b", "rmse", "loo_rmse")} for d, f in result["fit"].items()},
     }
 
 

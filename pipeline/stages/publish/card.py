@@ -354,12 +354,13 @@ def _mixing_section(mixing: dict | None) -> str:
     if not mixing:
         return "## Mixing law\n\nNo mixing-law fit for this release: the general share comes from the recipe."
     fit = json.dumps(mixing.get("fit", {}), indent=2, sort_keys=True, default=str)
-    return "\n\n".join([
-        "## Mixing law",
-        f"General-domain share chosen from the fit: {mixing.get('share')}.",
-        "![mixing law](plots/mixing_law.png)",
-        f"```json\n{fit}\n```",
-    ])  # fmt: skip
+    used = mixing.get("used_by_sample", True)
+    share = f"General-domain share chosen by the fit ({mixing.get('rule', 'rule')} rule): {mixing.get('share')}"
+    share += "; the sample used it." if used else "; the sample used the recipe's share instead."
+    lines = ["## Mixing law", share, "![mixing law](plots/mixing_law.png)", f"```json\n{fit}\n```"]
+    if mixing.get("problems"):
+        lines.insert(2, "Flagged unreliable: " + "; ".join(mixing["problems"]))
+    return "\n\n".join(lines)
 
 
 def _recipe_section(release: dict) -> str:

@@ -1,22 +1,27 @@
 """One release shard: its packlist rows -> a webdataset tar (``<key>.<ext>``, ``<key>.txt``, ``<key>.json``).
 
 The image bytes are copied from the download tars by byte range (never decoded or re-encoded); the caption and
-the metadata come from the manifest. webdataset's ``TarWriter`` writes the tar with a fixed mtime, owner and
-mode, and the samples go in position order, so the same packlist always gives a byte-identical shard.
+the metadata come from the manifest. webdataset's ``TarWriter`` writes the tar with a fixed integer mtime (a
+float one would cost every member an extra pax header), owner and mode, and the samples go in position order, so
+the same packlist always gives a byte-identical shard.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from pipeline.core.io import join, url_to_fs
+from pipeline.core.io import is_local, join, url_to_fs
 
 FETCH_BATCH = 256  # images fetched at once: bounds memory, and lets object stores serve the ranges concurrently
-TAR_MTIME = 0.0  # a fixed member time (not the clock): reruns give the same bytes
+TAR_MTIME = 0  # a fixed member time (not the clock), an integer (a float adds a pax header per member)
+TAR_OWNER = "plantmix"  # user and group of every member
+TAR_MODE = 0o444  # webdataset's TarWriter default
 JSON_EXCLUDED = ("shard", "keep", "source_tar", "source_key", "ext", "data_offset", "data_size", "position")
 
 
@@ -24,9 +29,10 @@ def write_shard(rows: pa.Table, build_root: str, dest: Path) -> dict[str, int]:
     """Write ``rows`` (packlist rows of one shard, in position order) as the tar ``dest``; return counts."""
     from webdataset import TarWriter  # here, not at the top: webdataset imports torch, which the driver never needs
 
+    maps = [f.name for f in rows.schema if pa.types.is_map(f.type) and f.name not in JSON_EXCLUDED]
     written = image_bytes = 0
     with open(dest, "wb") as f:
-        writer = TarWriter(f, user="plantmix", group="plantmix", mtime=TAR_MTIME, encoder=False)
+        writer = TarWriter(f, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE, mtime=TAR_MTIME, encoder=False)
         for batch in rows.to_batches(FETCH_BATCH):
             records = batch.to_pylist()
             images = _fetch(build_root, records)
@@ -36,7 +42,7 @@ def write_shard(rows: pa.Table, build_root: str, dest: Path) -> dict[str, int]:
                         "__key__": record["key"],
                         record["ext"]: image,
                         "txt": (record["caption"] or "").encode("utf-8"),
-                        "json": sample_json(record),
+                        "json": sample_json(record, maps),
                     }
                 )
                 written += 1
@@ -47,12 +53,15 @@ def write_shard(rows: pa.Table, build_root: str, dest: Path) -> dict[str, int]:
 
 def _fetch(build_root: str, records: list[dict[str, Any]]) -> list[bytes]:
     """The image bytes of ``records``, by byte range of their download tar."""
-    paths = [join(build_root, r["source_tar"]) for r in records]
-    fs, _ = url_to_fs(paths[0])
-    remote = [url_to_fs(p)[1] for p in paths]
-    starts = [r["data_offset"] for r in records]
-    ends = [r["data_offset"] + r["data_size"] for r in records]
-    images = fs.cat_ranges(remote, starts, ends, on_error="raise")
+    if is_local(build_root):
+        images = _read_local(build_root, records)
+    else:
+        paths = {tar: url_to_fs(join(build_root, tar))[1] for tar in {r["source_tar"] for r in records}}
+        fs, _ = url_to_fs(build_root)
+        remote = [paths[r["source_tar"]] for r in records]
+        starts = [r["data_offset"] for r in records]
+        ends = [r["data_offset"] + r["data_size"] for r in records]
+        images = fs.cat_ranges(remote, starts, ends, on_error="raise")
     for record, image in zip(records, images, strict=True):
         if len(image) != record["data_size"]:
             where = f"{record['source_tar']} at {record['data_offset']}"
@@ -60,9 +69,35 @@ def _fetch(build_root: str, records: list[dict[str, Any]]) -> list[bytes]:
     return images
 
 
-def sample_json(record: dict[str, Any]) -> bytes:
-    """Every metadata field of a sample (license, rights holder, attribution, taxonomy, source ids, scores)."""
-    meta = {k: _plain(v) for k, v in record.items() if k not in JSON_EXCLUDED}
+def _read_local(build_root: str, records: list[dict[str, Any]]) -> list[bytes]:
+    """Each download tar opened once per batch, its ranges read in file order (fsspec opens a file per range)."""
+    by_tar: dict[str, list[int]] = defaultdict(list)
+    for i, record in enumerate(records):
+        by_tar[record["source_tar"]].append(i)
+    images: list[bytes] = [b""] * len(records)
+    for tar, indices in by_tar.items():
+        _, path = url_to_fs(join(build_root, tar))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for i in sorted(indices, key=lambda i: records[i]["data_offset"]):
+                images[i] = os.pread(fd, records[i]["data_size"], records[i]["data_offset"])
+        finally:
+            os.close(fd)
+    return images
+
+
+def sample_json(record: dict[str, Any], maps: list[str] | None = None) -> bytes:
+    """Every metadata field of a sample (license, rights holder, attribution, taxonomy, source ids, scores).
+
+    ``maps``: the record's map columns (Arrow gives a map as a list of (key, value) pairs); None: look at every
+    value.
+    """
+    if maps is None:
+        meta = {k: _plain(v) for k, v in record.items() if k not in JSON_EXCLUDED}
+    else:
+        meta = {k: v for k, v in record.items() if k not in JSON_EXCLUDED}
+        for name in maps:
+            meta[name] = _plain(meta[name])
     return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 

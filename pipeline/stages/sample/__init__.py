@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pipeline.core import duck, schema
 from pipeline.core.duck import literal
 from pipeline.core.harness import Build, Stage, read_marker
-from pipeline.core.io import atomic_path, url_to_fs
+from pipeline.core.io import atomic_path, exists, read_json, url_to_fs
 from pipeline.stages.sample.select import SampleShortfall, counts, decide, eligible_counts, rank_kept_rows, shortfall
 
 SELECTION_FILE = "selection.parquet"
@@ -47,6 +47,7 @@ class SampleStage(Stage):
             "shard_size": build.recipe.publish.shard_size,
             "judge": judge.get("fingerprint"),
             "judged_at": judge.get("finished_at"),  # a judge redone with the same inputs rewrote the manifest
+            "mixing_law": fitted_share(build) if build.recipe.sample.share_from_mixing_law else None,
         }
 
     def reduce(self, build: Build, out: Path) -> dict[str, Any]:
@@ -55,7 +56,7 @@ class SampleStage(Stage):
         con = duck.connect(recipe.duckdb, layout.root)
         manifest = layout.manifest
         rank_kept_rows(con, manifest, config)
-        targets = config.targets()
+        targets = config.targets(fitted_share(build) if config.share_from_mixing_law else None)
         short = shortfall(targets, eligible_counts(con), config.allow_upsampling)
         if short:
             raise SampleShortfall(short)
@@ -75,6 +76,17 @@ class SampleStage(Stage):
             "shards": -(-packed // shard_size),
             "seed": config.seed,
         }
+
+
+def fitted_share(build: Build) -> float:
+    """The general share the mix stage chose (``mixing_law.json``); an error naming the file before it ran."""
+    if not exists(build.layout.mixing_law):
+        raise RuntimeError(f"sample.share_from_mixing_law: {build.layout.mixing_law} does not exist; run the mix "
+                           "stage (a mixing_law section in the recipe, or the fit-mixing-law flow) first")  # fmt: skip
+    share = read_json(build.layout.mixing_law).get("share")
+    if share is None:
+        raise RuntimeError(f"{build.layout.mixing_law}: the fit chose no share (see its problems)")
+    return float(share)
 
 
 def complete_manifest(con, manifest: str) -> None:

@@ -80,20 +80,29 @@ def rank_kept_rows(con: duckdb.DuckDBPyConnection, manifest: str, config: Sample
         """
     )
     licensed = "packable" if exclude else "true"
+    # A cap's window runs only where a domain has a cap that needs it: each is a sort of every kept row. (The
+    # source cap takes rows in species-rank order, so it needs the species ranks too.)
+    source_capped = any(r.max_per_source is not None for r in rules.values())
+    species_capped = source_capped or any(r.max_per_species is not None for r in rules.values())
+    species_rank = (
+        f"""CASE WHEN {licensed} THEN row_number() OVER (
+                          PARTITION BY domain, species, {licensed} ORDER BY draw) END"""
+        if species_capped
+        else "NULL"
+    )
+    under_species_cap = f"{licensed} AND (species_cap IS NULL OR species_rank <= species_cap)"
+    source_rank = f"""CASE WHEN {under_species_cap} THEN row_number() OVER (
+                          PARTITION BY domain, source, {under_species_cap} ORDER BY species_rank, draw) END"""
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE capped AS
         WITH species_ranked AS (
             SELECT *, {_by_domain({d: _cap(r.max_per_species) for d, r in rules.items()})} AS species_cap,
                       {_by_domain({d: _cap(r.max_per_source) for d, r in rules.items()})} AS source_cap,
-                      CASE WHEN {licensed} THEN row_number() OVER (
-                          PARTITION BY domain, species, {licensed} ORDER BY draw) END AS species_rank
+                      {species_rank}::BIGINT AS species_rank
             FROM kept
         ), source_ranked AS (
-            SELECT *, CASE WHEN {licensed} AND (species_cap IS NULL OR species_rank <= species_cap)
-                           THEN row_number() OVER (
-                               PARTITION BY domain, source, {licensed} AND (species_cap IS NULL
-                                   OR species_rank <= species_cap) ORDER BY species_rank, draw) END AS source_rank
+            SELECT *, {source_rank if source_capped else "NULL"}::BIGINT AS source_rank
             FROM species_ranked
         )
         SELECT sample_id, domain, stratum, packable, draw,
@@ -103,17 +112,19 @@ def rank_kept_rows(con: duckdb.DuckDBPyConnection, manifest: str, config: Sample
         FROM source_ranked
         """
     )
+    # The strata ranks of the eligible rows, in the same pass as the rest (no self-join on sample_id).
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE ranked AS
         WITH strata AS (
-            SELECT *, row_number() OVER (PARTITION BY domain, stratum ORDER BY draw) AS stratum_rank
-            FROM capped WHERE capped_reason IS NULL
+            SELECT *, CASE WHEN capped_reason IS NULL THEN row_number() OVER (
+                          PARTITION BY domain, stratum, capped_reason IS NULL ORDER BY draw) END AS stratum_rank
+            FROM capped
         )
-        SELECT c.sample_id, c.domain, c.packable, c.capped_reason,
-               row_number() OVER (PARTITION BY c.domain ORDER BY s.stratum_rank, s.draw) AS pick,
-               count(s.sample_id) OVER (PARTITION BY c.domain) AS eligible
-        FROM capped c LEFT JOIN strata s USING (sample_id)
+        SELECT sample_id, domain, packable, capped_reason,
+               row_number() OVER (PARTITION BY domain ORDER BY stratum_rank NULLS LAST, draw) AS pick,
+               count(stratum_rank) OVER (PARTITION BY domain) AS eligible
+        FROM strata
         """
     )
     # Rows capped away have no stratum rank: their pick numbers come after every eligible row's, so ``pick``
@@ -157,7 +168,7 @@ def decide(con: duckdb.DuckDBPyConnection, targets: dict[str, int], config: Samp
     )
     shuffle = literal(f"{config.seed}:shuffle:")
     con.execute(
-        f"""
+        """
         CREATE OR REPLACE TEMP TABLE copies AS
         SELECT sample_id, domain, packable, unnest(range(sample_repeat))::INTEGER AS copy
         FROM decisions WHERE selected
