@@ -162,8 +162,10 @@ def release_notice(release: dict[str, Any]) -> str:
         f"  python -m dalip.train --manifest {folder}/manifest.parquet --model DALIP-Tiny --epochs 2 --batch-size 16 "
         f"--precision fp32 --output-dir runs/{release['name']}",
         "or with open_clip's own trainer:",
+        "  python -m dalip.tiny runs/DALIP-Tiny",
         f"  python -m open_clip_train.main --dataset-type webdataset "
-        f"--train-data '{folder}/shards/{{00000..{last:05d}}}.tar' --train-num-samples {counts['packed']} ...",
+        f"--train-data '{folder}/shards/{{00000..{last:05d}}}.tar' --train-num-samples {counts['packed']} "
+        "--model local-dir:runs/DALIP-Tiny --device cpu --precision fp32 --batch-size 16 --epochs 1 --report-to ''",
     ])  # fmt: skip
 
 

@@ -85,9 +85,19 @@ def test_open_clip_dataset_size_comes_from_sizes_json(release_dir: Path) -> None
 
 def test_open_clip_trainer_runs_an_epoch_on_the_shards(release_dir: Path, tmp_path: Path) -> None:
     # open_clip_train.main unchanged; the tiny config reaches it as a local-dir model ({"model_cfg": ...}).
-    model_dir = tmp_path / "DALIP-Tiny"
-    model_dir.mkdir()
-    (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": json.loads(TINY_CONFIG.read_text())}))
+    model_dir = (
+        subprocess.run(  # the README's command: DALIP-Tiny as an open_clip local-dir model
+            [sys.executable, "-m", "dalip.tiny", str(tmp_path / "DALIP-Tiny")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .removeprefix("local-dir:")
+    )
+    assert json.loads((Path(model_dir) / "open_clip_config.json").read_text())["model_cfg"] == json.loads(
+        TINY_CONFIG.read_text()
+    )
     n = sum(_sizes(release_dir).values())  # no --train-num-samples: the trainer reads shards/sizes.json
     cmd = [
         sys.executable, "-m", "open_clip_train.main", "--dataset-type", "webdataset",
