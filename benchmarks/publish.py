@@ -404,7 +404,7 @@ def sample_at_scale(root: Path, rows: int, meter: Meter) -> dict[str, Any]:
         with meter.step("  rank_kept_rows"):
             rank_kept_rows(con, build.layout.manifest, config)
         with meter.step("  decide"):
-            decide(con, config.targets(), config, recipe.publish.shard_size)
+            decide(con, build.layout.manifest, config.targets(), config, recipe.publish.shard_size)
     selected = con.sql("SELECT count(*) FROM selection").fetchall()[0][0]
     con.close()
     with meter.step("sample reduce (whole stage)"):

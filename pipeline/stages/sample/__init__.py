@@ -60,8 +60,11 @@ class SampleStage(Stage):
         short = shortfall(targets, eligible_counts(con), config.allow_upsampling)
         if short:
             raise SampleShortfall(short)
-        decide(con, targets, config, recipe.publish.shard_size)
-        con.execute(f"COPY selection TO {literal(out / SELECTION_FILE)} (FORMAT parquet, COMPRESSION zstd)")
+        decide(con, manifest, targets, config, recipe.publish.shard_size)
+        con.execute(
+            f"COPY (SELECT * EXCLUDE (rid) FROM selection) TO {literal(out / SELECTION_FILE)} "
+            "(FORMAT parquet, COMPRESSION zstd)"
+        )
         complete_manifest(con, manifest)
         by_domain = counts(con)
         packed = sum(d.get("packed", 0) for d in by_domain.values())
@@ -103,8 +106,9 @@ def complete_manifest(con, manifest: str) -> None:
         SELECT m.sample_id, coalesce(d.selected, false) AS selected, d.sample_reason, d.sample_repeat,
                s.release_shard, s.release_key
         FROM {source} m
-        LEFT JOIN decisions d USING (sample_id)
-        LEFT JOIN (SELECT * FROM selection WHERE copy = 0) s USING (sample_id)
+        LEFT JOIN decisions d ON d.rid = m.file_row_number
+        LEFT JOIN (SELECT rid, release_shard, release_key FROM selection WHERE copy = 0) s
+            ON s.rid = m.file_row_number
         ORDER BY m.file_row_number
         """
     )

@@ -1,7 +1,7 @@
 """The exact, seeded, stratified selection of the release from the manifest's kept rows, in DuckDB SQL.
 
-Every kept row gets a draw ``md5(seed:sample_id)`` (md5, unlike DuckDB's ``hash``, is the same on every version
-and machine), then, per domain and in this order:
+Every kept row gets a draw, the upper 64 bits of ``md5(seed:sample_id)`` (md5, unlike DuckDB's ``hash``, is the
+same on every version and machine), then, per domain and in this order:
 
 1. the license policy: a license outside ``redistribute`` is ``license_excluded`` (or released URL-only);
 2. the caps: beyond ``max_per_species`` rows of its species (by draw), or ``max_per_source`` of its source (a
@@ -15,7 +15,8 @@ A domain with fewer eligible rows than its count raises :class:`SampleShortfall`
 unless upsampling is allowed: then every eligible row is repeated ``count // n`` times and the first
 ``count % n`` once more (``sample_repeat``). The selected copies are shuffled across sources by a second draw and
 numbered: ``position`` -> release shard ``position // shard_size`` and key ``position`` (9 digits). Nothing here
-becomes a Python object per row: at 13M rows this is a few sorts inside DuckDB.
+becomes a Python object per row: at 13M rows this is a few sorts inside DuckDB, of integers (row numbers and
+64-bit draws; the 32-character ids join back only for the selected copies).
 """
 
 from __future__ import annotations
@@ -67,16 +68,17 @@ def rank_kept_rows(con: duckdb.DuckDBPyConnection, manifest: str, config: Sample
     rules = {d: config.domain(d) for d in DOMAINS}
     packable = ", ".join(literal(f) for f in config.licenses.redistribute)
     exclude = config.licenses.otherwise == "exclude"
-    seed = literal(f"{config.seed}:")
+    seed, shuffle = literal(f"{config.seed}:"), literal(f"{config.seed}:shuffle:")
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE kept AS
-        SELECT sample_id, domain, source,
+        SELECT file_row_number AS rid, domain, source,
                {_by_domain({d: _stratum(r) for d, r in rules.items()})} AS stratum,
                coalesce(scientific_name, '') AS species,
                {license_family("license")} IN ({packable}) AS packable,
-               md5_number({seed} || sample_id) AS draw
-        FROM read_parquet({literal(manifest)}) WHERE keep
+               md5_number_upper({seed} || sample_id) AS draw,
+               md5_number_upper({shuffle} || sample_id) AS shuffle_draw
+        FROM read_parquet({literal(manifest)}, file_row_number = true) WHERE keep
         """
     )
     licensed = "packable" if exclude else "true"
@@ -105,7 +107,7 @@ def rank_kept_rows(con: duckdb.DuckDBPyConnection, manifest: str, config: Sample
             SELECT *, {source_rank if source_capped else "NULL"}::BIGINT AS source_rank
             FROM species_ranked
         )
-        SELECT sample_id, domain, stratum, packable, draw,
+        SELECT rid, domain, stratum, packable, draw, shuffle_draw,
                CASE WHEN NOT {licensed} THEN {literal(schema.SAMPLE_LICENSE_EXCLUDED)}
                     WHEN species_rank > species_cap THEN {literal(schema.SAMPLE_OVER_SPECIES_CAP)}
                     WHEN source_rank > source_cap THEN {literal(schema.SAMPLE_OVER_SOURCE_CAP)} END AS capped_reason
@@ -121,7 +123,7 @@ def rank_kept_rows(con: duckdb.DuckDBPyConnection, manifest: str, config: Sample
                           PARTITION BY domain, stratum, capped_reason IS NULL ORDER BY draw) END AS stratum_rank
             FROM capped
         )
-        SELECT sample_id, domain, packable, capped_reason,
+        SELECT rid, domain, packable, capped_reason, shuffle_draw,
                row_number() OVER (PARTITION BY domain ORDER BY stratum_rank NULLS LAST, draw) AS pick,
                count(stratum_rank) OVER (PARTITION BY domain) AS eligible
         FROM strata
@@ -146,7 +148,9 @@ def shortfall(targets: dict[str, int], eligible: dict[str, int], allow_upsamplin
     return short
 
 
-def decide(con: duckdb.DuckDBPyConnection, targets: dict[str, int], config: SampleConfig, shard_size: int) -> None:
+def decide(
+    con: duckdb.DuckDBPyConnection, manifest: str, targets: dict[str, int], config: SampleConfig, shard_size: int
+) -> None:
     """Tables ``decisions`` (per kept row: selected, reason, repeat) and ``selection`` (per released copy: position,
     release shard and key; URL-only copies have no position)."""
     target = _by_domain({d: str(int(n)) for d, n in targets.items()})
@@ -155,7 +159,7 @@ def decide(con: duckdb.DuckDBPyConnection, targets: dict[str, int], config: Samp
         f"""
         CREATE OR REPLACE TEMP TABLE decisions AS
         WITH targeted AS (SELECT *, coalesce({target}, 0) AS target FROM ranked)
-        SELECT sample_id, domain, packable,
+        SELECT rid, domain, packable, shuffle_draw,
                capped_reason IS NULL AND pick <= target AS selected,
                CASE WHEN capped_reason IS NOT NULL THEN capped_reason
                     WHEN pick > target THEN {literal(schema.SAMPLE_NOT_SAMPLED)} END AS sample_reason,
@@ -166,29 +170,33 @@ def decide(con: duckdb.DuckDBPyConnection, targets: dict[str, int], config: Samp
         FROM targeted
         """
     )
-    shuffle = literal(f"{config.seed}:shuffle:")
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE copies AS
-        SELECT sample_id, domain, packable, unnest(range(sample_repeat))::INTEGER AS copy
+        SELECT rid, domain, packable, shuffle_draw, unnest(range(sample_repeat))::INTEGER AS copy
         FROM decisions WHERE selected
         """
     )
+    # The shuffle: each row's own draw for its first copy, a draw of (draw, copy) for the extra copies of an
+    # upsampled row. The ids come back from the manifest (by row number) only for the selected copies.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE selection AS
         WITH numbered AS (
             SELECT *, CASE WHEN packable THEN row_number() OVER (
-                          PARTITION BY packable ORDER BY md5_number({shuffle} || sample_id || ':' || copy)) - 1
+                          PARTITION BY packable ORDER BY CASE WHEN copy = 0 THEN shuffle_draw
+                              ELSE md5_number_upper(shuffle_draw::VARCHAR || ':' || copy) END, rid, copy) - 1
                       END AS position
             FROM copies
         )
-        SELECT sample_id, copy, domain, position,
-               'shards/' || lpad(CAST(position // {int(shard_size)} AS VARCHAR), {SHARD_DIGITS}, '0') || '.tar'
+        SELECT m.sample_id, n.copy, n.domain, n.position,
+               'shards/' || lpad(CAST(n.position // {int(shard_size)} AS VARCHAR), {SHARD_DIGITS}, '0') || '.tar'
                    AS release_shard,
-               lpad(CAST(position AS VARCHAR), {KEY_DIGITS}, '0') AS release_key
-        FROM numbered
-        ORDER BY position NULLS LAST, sample_id, copy
+               lpad(CAST(n.position AS VARCHAR), {KEY_DIGITS}, '0') AS release_key, n.rid
+        FROM numbered n
+        JOIN (SELECT file_row_number AS rid, sample_id FROM read_parquet({literal(manifest)}, file_row_number = true)
+              WHERE keep) m USING (rid)
+        ORDER BY n.position NULLS LAST, n.rid, n.copy
         """
     )
 
