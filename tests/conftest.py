@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -49,6 +50,16 @@ def copy_build(build: Path, dest: Path) -> Path:
     """A private copy of a finished build (hard links would share the tars a test may rewrite)."""
     shutil.copytree(build, dest, symlinks=True)
     return dest
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a server a test started: terminate, then kill if it does not exit within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows.build_plantmix import build_plantmix, main
 from pipeline.query import sql
 from tests.conftest import DEMO_RECIPE as RECIPE
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, stop
 
 DEDUP_REASONS = {"contaminated", "exact_duplicate", "caption_duplicate", "image_duplicate"}
 ADAPTER_SOURCE = {"inaturalist": "inaturalist", "gbif_dwca": "plantnet", "url_caption_pool": "general_pool"}
@@ -258,11 +258,7 @@ def test_dask_cluster_gives_the_same_manifest(demo_build, tmp_path, prefect_serv
         assert _manifest(out).equals(_manifest(demo_build))
     finally:
         for proc in (workers, scheduler):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, timeout=30)
         logs.close()
         time.sleep(0.5)
 

@@ -23,7 +23,7 @@ from pipeline.stages.dedup.minhash import (
     shingles,
     signatures,
 )
-from tests.conftest import free_port
+from tests.conftest import free_port, stop
 
 TEXTS = [
     "Wild Iris tectorum (Wall iris) in bloom, Kyoto 2019",
@@ -271,12 +271,7 @@ def redis_url() -> Iterator[str]:
         client.close()
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server, timeout=10)
 
 
 @pytest.mark.server

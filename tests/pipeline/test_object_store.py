@@ -39,7 +39,7 @@ from pipeline.core.io import read_parquet
 from pipeline.query import cli, sql
 from pipeline.sources.base import CrawlContext, SourceError
 from pipeline.sources.registry import read_source
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, stop
 from tests.http_host import ImageHost
 from tests.sources.source_fixtures import INAT_TAXA, OBSERVATIONS, OBSERVERS, PHOTOS, TAXA, tsv, write_dwca
 
@@ -120,12 +120,7 @@ def moto_server() -> Iterator[str]:
                 time.sleep(0.1)
         yield endpoint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
 
 
 @dataclass
