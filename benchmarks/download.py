@@ -18,6 +18,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -116,7 +117,11 @@ def main(argv: list[str] | None = None) -> None:
             work / "urls.parquet",
         )
         cfg = DownloadConfig(
-            image_size=224, shard_size=args.shard_size, thread_count=args.threads, max_requests_per_host_per_second=0
+            image_size=224,
+            shard_size=args.shard_size,
+            thread_count=args.threads,
+            max_requests_per_host_per_second=0,
+            allow_local_hosts=[urlsplit(base).netloc],  # the benchmark's own loopback image host
         )
         rows = [
             dict(sample_id=i, source="bench", domain="general", url=u, caption="c", status="pending", license="cc0-1.0")

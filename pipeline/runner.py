@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.core.config import Recipe
 from pipeline.core.harness import Build, Stage, run_reduce, run_unit
@@ -22,16 +23,21 @@ from pipeline.stages import STAGES
 def sample_hosting(recipe: Recipe) -> Iterator[Recipe]:
     """Serve the bundled sample on loopback for the build, when the recipe asks for it.
 
-    Yields the recipe with the sample's URL prefix rewritten to the server for the download; the manifest keeps
-    the URLs as the exports publish them (``url_rewrite`` does not change a shard's output, so the rewritten
-    recipe resumes the same build).
+    Yields the recipe with the sample's URL prefix rewritten to the server for the download, and that server's
+    loopback address and port (only those) allowlisted in the fetch policy; the manifest keeps the URLs as the
+    exports publish them (``url_rewrite`` does not change a shard's output, so the rewritten recipe resumes
+    the same build).
     """
     if not recipe.serve_sample:
         yield recipe
         return
     with SampleServer(recipe.serve_sample) as server:
-        rewrite = {**recipe.download.url_rewrite, recipe.sample_host: server.url}
-        yield dataclasses.replace(recipe, download=dataclasses.replace(recipe.download, url_rewrite=rewrite))
+        download = dataclasses.replace(
+            recipe.download,
+            url_rewrite={**recipe.download.url_rewrite, recipe.sample_host: server.url},
+            allow_local_hosts=[*recipe.download.allow_local_hosts, urlsplit(server.url).netloc],
+        )
+        yield dataclasses.replace(recipe, download=download)
 
 
 def run_stage(stage: Stage, build: Build) -> dict[str, Any]:

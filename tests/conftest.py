@@ -28,6 +28,44 @@ os.environ.pop("PREFECT_API_URL", None)
 DEMO_RECIPE = str(REPO / "manifests" / "recipes" / "demo.yaml")
 
 
+def is_loopback(address) -> bool:
+    """A socket address (or a Unix socket path) that stays on this machine."""
+    if not isinstance(address, tuple):
+        return True  # AF_UNIX
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(str(address[0]).split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a name: Python sockets resolve it themselves, so it could go anywhere
+
+
+@pytest.fixture(autouse=True)
+def connections_stay_on_loopback(monkeypatch):
+    """No test sends a packet beyond loopback, not even to prove it is refused.
+
+    Every ``connect`` in the test process is checked: one to a non-loopback address is refused before it
+    leaves (it raises) and, since the code under test may swallow that error into a row's error text, also
+    fails the test at teardown. Child processes are not covered; tests reach them only through loopback hosts.
+    """
+    attempts: list[object] = []
+    original_connect, original_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def guarded(original):
+        def connect(sock, address):
+            if not is_loopback(address):
+                attempts.append(address)
+                raise ConnectionRefusedError(f"test guard: connect to non-loopback {address!r} attempted")
+            return original(sock, address)
+
+        return connect
+
+    monkeypatch.setattr(socket.socket, "connect", guarded(original_connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded(original_connect_ex))
+    yield attempts
+    assert not attempts, f"a connection beyond loopback was attempted: {attempts}"
+
+
 @pytest.fixture(scope="session")
 def demo_build(tmp_path_factory) -> Path:
     """``make demo``'s build (crawl -> ... -> publish) through the in-process flow, once per test session.

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from pipeline.core.schema import CAPTION_STYLES
+from pipeline.net.addresses import AllowEntry
 
 
 @functools.lru_cache(maxsize=16)
@@ -70,6 +71,24 @@ class DownloadConfig:
     host_rate_overrides: dict[str, float] = field(default_factory=dict)
     shard_timeout_seconds: float = 6 * 3600  # a shard still running after this is killed and retried
     url_rewrite: dict[str, str] = field(default_factory=dict)  # URL prefix -> replacement (mirrors, offline sample)
+    # The fetch policy (pipeline/net) on every request, robots.txt and each redirect hop included. Only public
+    # addresses are connected to; these hosts may be local: a name, IP or CIDR network, ":port" optional
+    # (a LAN mirror "mirror.lan", "10.1.2.0/24"; the demo runner adds its own loopback sample server).
+    allow_local_hosts: list[str] = field(default_factory=list)
+    max_response_bytes: int = 30_000_000  # a larger body is refused (status too_large)
+    max_request_seconds: float = 60.0  # per request, redirects and body included (status failed_download)
+    max_redirects: int = 5  # hops, each re-checked: URL, address, robots.txt of its host
+    max_image_area: float = 40_000_000  # pixels from the image header, checked before decoding (too_large)
+
+    def __post_init__(self) -> None:
+        for entry in self.allow_local_hosts:
+            try:
+                AllowEntry.parse(entry)
+            except ValueError as err:
+                raise RecipeError(f"download.allow_local_hosts: {err}") from None
+        for name in ("max_response_bytes", "max_request_seconds", "max_image_area"):
+            if not getattr(self, name) > 0:
+                raise RecipeError(f"download.{name}: expected a positive number, got {getattr(self, name)!r}")
 
 
 @dataclass

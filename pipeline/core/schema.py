@@ -20,6 +20,9 @@ STATUS_FAILED_DECODE = "failed_decode"
 STATUS_FAILED_RESIZE = "failed_resize"  # decoded, but refused by the resize rules (too small, aspect ratio)
 STATUS_OPTED_OUT = "opted_out"  # X-Robots-Tag noai / noimageai / ... on the image response
 STATUS_ROBOTS_DISALLOWED = "robots_disallowed"  # the host's robots.txt disallows our User-Agent
+STATUS_BLOCKED = "blocked"  # never requested: not http(s), or its host (or a redirect's) is a non-public address
+STATUS_TOO_LARGE = "too_large"  # body over download.max_response_bytes, or image over download.max_image_area
+STATUS_QUARANTINED = "quarantined"  # its image killed the download worker twice; not fetched again
 STATUSES = (
     STATUS_PENDING,
     STATUS_OK,
@@ -29,6 +32,9 @@ STATUSES = (
     STATUS_FAILED_RESIZE,
     STATUS_OPTED_OUT,
     STATUS_ROBOTS_DISALLOWED,
+    STATUS_BLOCKED,
+    STATUS_TOO_LARGE,
+    STATUS_QUARANTINED,
 )
 
 # Caption conventions a recipe can choose (``caption_kind`` names the one a row got); see sources/captions.py.

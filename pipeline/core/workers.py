@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+STARTUP_SECONDS = 300.0  # importing a handler (img2dataset, torch) before the job's own deadline starts
+
 
 class WorkerDied(RuntimeError):
     """The child process exited before answering (killed, out of memory, crashed)."""
@@ -45,18 +47,26 @@ class _Worker:
         try:
             self.proc.stdin.write(json.dumps({"handler": handler, "job": str(job), "log": str(log)}) + "\n")
             self.proc.stdin.flush()
-            # A server that drips bytes defeats per-request timeouts: bound the whole shard too.
-            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-            if not ready:
-                self.kill()
-                raise WorkerDied(f"shard worker {self.proc.pid} still busy after {timeout} s on {job}; killed")
-            answer = self.proc.stdout.readline()
+            answer = self._answer(STARTUP_SECONDS, f"did not start {job} within {STARTUP_SECONDS} s", job, log)
+            if "started" in answer:  # (a handler that fails to import answers "ok": false at once)
+                # A server that drips bytes defeats per-request timeouts: bound the whole job, after start-up.
+                answer = self._answer(timeout, f"still busy after {timeout} s on {job}", job, log)
         except (BrokenPipeError, OSError) as err:
             raise WorkerDied(f"shard worker {self.proc.pid} is gone: {err}") from err
-        if not answer:
+        return bool(answer["ok"])
+
+    def _answer(self, timeout: float | None, overdue: str, job: Path, log: Path) -> dict:
+        """The child's next protocol line; WorkerDied if it takes longer than ``timeout`` or the child exits."""
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.kill()
+            raise WorkerDied(f"shard worker {self.proc.pid} {overdue}; killed")
+        line = self.proc.stdout.readline()
+        if not line:
             code = self.proc.wait()
             raise WorkerDied(f"shard worker {self.proc.pid} exited with code {code} while running {job}; see {log}")
-        return bool(json.loads(answer)["ok"])
+        return json.loads(line)
 
     def kill(self) -> None:
         self.proc.kill()
@@ -79,7 +89,8 @@ def run_in_worker(handler: str, job: Path, log: Path, timeout: float | None = No
     """Run ``handler`` (``"module:function"``, taking the job file's path) on one job in an idle child (started if
     none is idle); True when the handler returned a true value.
 
-    ``timeout`` bounds the whole job: past it the child is killed and :class:`WorkerDied` raised.
+    ``timeout`` bounds the job from the moment the child has imported the handler and starts it (start-up has
+    its own bound, :data:`STARTUP_SECONDS`): past it the child is killed and :class:`WorkerDied` raised.
     """
     with _lock:
         worker = _idle.pop() if _idle else None
@@ -119,7 +130,9 @@ def serve() -> None:
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
             try:
-                ok = bool(_import_handler(request["handler"])(Path(request["job"])))
+                handler = _import_handler(request["handler"])
+                protocol.write(json.dumps({"started": True}) + "\n")  # the job's deadline starts now
+                ok = bool(handler(Path(request["job"])))
             except Exception:  # noqa: BLE001 - reported to the parent as a failed shard, traceback in the log
                 import traceback
 

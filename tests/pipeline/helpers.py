@@ -34,8 +34,9 @@ def recipe_with(tmp: Path, rows: list[dict], source: str = "test", **download) -
         return {"rows": table.num_rows, "status": {"pending": table.num_rows}}
 
     run_step(str(out / "crawl"), source, write, decides=[r["sample_id"] for r in rows])
+    # The test hosts live on loopback: allowlisted here, so tests of the address guard pass allow_local_hosts=[].
     options = dict(image_size=64, shard_size=8, thread_count=4, timeout=2, retries=0,
-                   max_requests_per_host_per_second=0)  # fmt: skip
+                   max_requests_per_host_per_second=0, allow_local_hosts=["127.0.0.1"])  # fmt: skip
     options.update(download)
     return Recipe(name="t", output_dir=str(out), sources=[SourceSpec(source, "url_caption_pool")],
                   download=DownloadConfig(**options))  # fmt: skip

@@ -206,7 +206,13 @@ def recipe_for(exports: str, output_dir: str) -> Recipe:
             SourceSpec("csv", "url_caption_pool", {"path": f"{exports}/csv/", "format": "csv"}),
         ],
         download=DownloadConfig(
-            image_size=64, shard_size=5, thread_count=4, timeout=2, retries=0, max_requests_per_host_per_second=0
+            image_size=64,
+            shard_size=5,
+            thread_count=4,
+            timeout=2,
+            retries=0,
+            max_requests_per_host_per_second=0,
+            allow_local_hosts=["127.0.0.1"],  # the test's image host
         ),
         embed=EmbedConfig(**TINY),
     )

@@ -27,13 +27,16 @@ from pipeline.core.harness import Build, Stage, TransientError, read_marker, run
 from pipeline.core.io import read_parquet
 from pipeline.sources.base import rewrite_url
 from pipeline.stages.download.plan import PASSED_COLUMNS, write_plan
+from pipeline.stages.download.quarantine import DeathLog, row_being_decoded
 from pipeline.stages.download.results import download_rows
 
 JOB_HANDLER = "pipeline.stages.download.job:run_job"
+MAX_WORKER_DEATHS = 12  # per shard attempt: beyond this the cause is not a few hostile rows
 # Download settings that change a shard's output (the others only change how fast or politely it is made).
 OUTPUT_SETTINGS = (
     "image_size", "resize_mode", "resize_only_if_bigger", "encode_format", "encode_quality", "min_image_size",
     "max_aspect_ratio", "user_agent_token", "disallowed_header_directives", "respect_robots_txt",
+    "max_response_bytes", "max_image_area",
 )  # fmt: skip
 
 
@@ -98,15 +101,27 @@ class DownloadStage(Stage):
 
 
 def run_isolated(config: DownloadConfig, out: Path, shard_id: int, input_file: Path) -> None:
-    """Run img2dataset on one shard in a worker child, bounded by the shard deadline."""
+    """Run img2dataset on one shard in a worker child, bounded by the shard deadline.
+
+    When the worker dies while decoding a row, the shard is rerun; a row blamed by two deaths is quarantined
+    (:mod:`.quarantine`) and the shard rerun without it, so one hostile image cannot stop the build.
+    """
     name = input_file.name.split(".")[0]
-    job = out / f"{name}.job.json"
-    job.write_text(json.dumps({"config": dataclasses.asdict(config), "shard_id": shard_id, "input": str(input_file)}))
-    log = out / f"{name}_download.log"
-    try:
-        ok = workers.run_in_worker(JOB_HANDLER, job, log, timeout=config.shard_timeout_seconds)
-    except workers.WorkerDied as err:
-        raise DownloadError(str(err)) from err
+    job, log, journal = out / f"{name}.job.json", out / f"{name}_download.log", out / f"{name}.decoding"
+    deaths = DeathLog()
+    while True:
+        spec = {"config": dataclasses.asdict(config), "shard_id": shard_id, "input": str(input_file),
+                "journal": str(journal), "quarantine": deaths.quarantined}  # fmt: skip
+        job.write_text(json.dumps(spec))
+        journal.unlink(missing_ok=True)  # a death before the child opens its journal blames no row
+        try:
+            ok = workers.run_in_worker(JOB_HANDLER, job, log, timeout=config.shard_timeout_seconds)
+            break
+        except workers.WorkerDied as err:
+            explained = deaths.record(row_being_decoded(journal), str(err))
+            if not explained or sum(deaths.blamed.values()) >= MAX_WORKER_DEATHS:
+                raise DownloadError(str(err)) from err
     job.unlink()
+    journal.unlink(missing_ok=True)
     if not ok:
         raise DownloadError(f"img2dataset failed on shard {name}:\n{log.read_text()[-2000:]}")

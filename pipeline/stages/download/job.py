@@ -16,32 +16,79 @@ from img2dataset.writer import WebDatasetSampleWriter
 
 from pipeline.core.config import DownloadConfig
 from pipeline.core.layout import SHARD_DIGITS
+from pipeline.net.addresses import AddressGuard
+from pipeline.net.client import FetchLimits, GuardedClient
 from pipeline.stages.download import politeness
+from pipeline.stages.download.quarantine import DecodeJournal
+
+
+class JournaledResizer(Resizer):
+    """img2dataset's Resizer, noting in the decode journal which row it is decoding (see .quarantine)."""
+
+    def __init__(self, journal: DecodeJournal, **resizer_args) -> None:
+        super().__init__(**resizer_args)
+        self.journal = journal
+
+    def __call__(self, img_stream, blurring_bbox_list=None):
+        self.journal.decoding(getattr(img_stream, "row_key", None))
+        try:
+            return super().__call__(img_stream, blurring_bbox_list)
+        finally:
+            self.journal.clear()
 
 
 def run_job(job_file: Path) -> bool:
-    """Download the shard a job file describes (``config``, ``shard_id``, ``input``) into the input's folder."""
+    """Download the shard a job file describes into the input's folder.
+
+    Job keys: ``config``, ``shard_id``, ``input`` (Arrow IPC file), ``journal`` (decode journal path),
+    ``quarantine`` (row key -> reason: rows answered with that reason, never fetched).
+    """
     job = json.loads(job_file.read_text())
     config = DownloadConfig(**job["config"])
     input_file = Path(job["input"])
     with pa.OSFile(str(input_file), "rb") as source:
         column_list = pa.ipc.open_file(source).schema.names
-    downloader = _make_downloader(config, input_file.parent, column_list)
-    policy = politeness.HostPolicy(
-        user_agent=config.user_agent,
-        user_agent_token=config.user_agent_token,
-        respect_robots_txt=config.respect_robots_txt,
-        max_requests_per_second=config.max_requests_per_host_per_second,
-        host_rate_overrides=config.host_rate_overrides,
-        robots_timeout=config.timeout,
-    )
-    with politeness.installed(policy):
-        ok, _ = downloader((job["shard_id"], str(input_file)))
+    journal = DecodeJournal(Path(job["journal"]))
+    try:
+        downloader = _make_downloader(config, input_file.parent, column_list, journal)
+        policy = host_policy(config)
+        policy.quarantined = {int(k): reason for k, reason in job.get("quarantine", {}).items()}
+        with politeness.installed(policy):
+            ok, _ = downloader((job["shard_id"], str(input_file)))
+    finally:
+        journal.close()
     return ok
 
 
-def _make_downloader(config: DownloadConfig, output_folder: Path, column_list: list[str]) -> Downloader:
-    resizer = Resizer(
+def host_policy(config: DownloadConfig) -> politeness.HostPolicy:
+    """The recipe's fetch policy and politeness for one download process (one client, shared by its threads)."""
+    client = GuardedClient(
+        AddressGuard.allowing(config.allow_local_hosts),
+        FetchLimits(
+            timeout=config.timeout,
+            max_seconds=config.max_request_seconds,
+            max_bytes=config.max_response_bytes,
+            max_redirects=config.max_redirects,
+        ),
+        headers={"User-Agent": config.user_agent},
+        connections_per_host=config.thread_count,
+    )
+    return politeness.HostPolicy(
+        user_agent=config.user_agent,
+        user_agent_token=config.user_agent_token,
+        client=client,
+        respect_robots_txt=config.respect_robots_txt,
+        max_image_area=config.max_image_area,
+        max_requests_per_second=config.max_requests_per_host_per_second,
+        host_rate_overrides=config.host_rate_overrides,
+    )
+
+
+def _make_downloader(
+    config: DownloadConfig, output_folder: Path, column_list: list[str], journal: DecodeJournal
+) -> Downloader:
+    resizer = JournaledResizer(
+        journal,
         image_size=config.image_size,
         resize_mode=config.resize_mode,
         resize_only_if_bigger=config.resize_only_if_bigger,
@@ -49,6 +96,7 @@ def _make_downloader(config: DownloadConfig, output_folder: Path, column_list: l
         encode_format=config.encode_format,
         min_image_size=config.min_image_size,
         max_aspect_ratio=config.max_aspect_ratio,
+        max_image_area=config.max_image_area,  # a second check after decoding (formats PIL cannot read)
     )
     return Downloader(
         sample_writer_class=WebDatasetSampleWriter,

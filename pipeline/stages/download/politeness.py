@@ -1,9 +1,15 @@
-"""Polite fetching for img2dataset: our User-Agent, robots.txt (RFC 9309) and a per-host rate limit.
+"""Polite, guarded fetching for img2dataset: our User-Agent, robots.txt (RFC 9309), a per-host rate limit, and
+the crawl's fetch policy (:mod:`pipeline.net`) on every request.
 
 img2dataset does the downloading, resizing and writing; its fetch function ``download_image`` sends a
-browser-like User-Agent, checks ``X-Robots-Tag`` opt-outs and nothing else. :func:`polite_fetch` takes its
-place (img2dataset looks it up by name on every call; :func:`installed` swaps it in for one download):
+browser-like User-Agent through urllib (any scheme, any address, up to 10 redirects anywhere, no size cap),
+checks ``X-Robots-Tag`` opt-outs and nothing else. :func:`polite_fetch` takes its place (img2dataset looks it
+up by name on every call; :func:`installed` swaps it in for one download):
 
+- every request, robots.txt and each redirect hop included, through one :class:`GuardedClient`: http(s) only,
+  public addresses only (plus the recipe's allowlist) checked at connect time, bytes and time capped;
+- each redirect hop re-checked: its URL, its host's robots.txt, its host's rate limit;
+- an image whose header declares more than ``max_image_area`` pixels refused before anything decodes it;
 - the recipe's descriptive User-Agent on every request, robots.txt included;
 - robots.txt per host, parsed by Protego (Scrapy's RFC 9309 parser: longest match, ``*`` and ``$``) and
   matched against our token. A 4xx answer allows everything; a 5xx answer or an unreachable host is
@@ -17,22 +23,47 @@ place (img2dataset looks it up by name on every call; :func:`installed` swaps it
 from __future__ import annotations
 
 import io
+import math
 import threading
 import time
-import urllib.error
-import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import img2dataset.downloader as i2d_downloader
+import urllib3
+from PIL import Image
 from protego import Protego
 
+from pipeline.net.addresses import BlockedAddress
+from pipeline.net.client import TOO_LARGE_PREFIX, GuardedClient, HTTPStatusError
+from pipeline.net.urls import checked_uri
+from pipeline.stages.download.quarantine import RowBytes
 from pipeline.stages.download.results import ROBOTS_ERROR_PREFIX, ROBOTS_UNREACHABLE_PREFIX
 
 OPT_OUT_ERROR = "Use of image disallowed by X-Robots-Tag directive"  # img2dataset's own wording
+NO_POLICY_ERROR = "no fetch policy installed in this process; refusing to fetch"
+ROBOTS_MAX_BYTES = 500 * 1024  # RFC 9309 §2.5: parse at least the first 500 KiB
 _original_download_image = i2d_downloader.download_image
+# PIL warns on large headers; image_area_verdict applies the recipe's own limit instead.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class RobotsRefused(Exception):
+    """A redirect hop whose host's robots.txt disallows us (the text is the row's error)."""
+
+
+class _HeaderLookup:
+    """urllib3 headers as img2dataset's ``is_disallowed`` reads them (``get_all``, as on urllib's messages)."""
+
+    def __init__(self, headers: urllib3.HTTPHeaderDict) -> None:
+        self.headers = headers
+
+    def get_all(self, name: str, default: list[str]) -> list[str]:
+        return self.headers.getlist(name) or default
 
 
 @dataclass
@@ -41,11 +72,13 @@ class HostPolicy:
 
     user_agent: str  # the full User-Agent header
     user_agent_token: str  # the product token matched in robots.txt and X-Robots-Tag
+    client: GuardedClient  # every request goes through it (its guard, limits and User-Agent header)
     respect_robots_txt: bool = True
+    max_image_area: float = math.inf  # pixels, read from the image header before decoding
     max_requests_per_second: float = 5.0
     host_rate_overrides: dict[str, float] = field(default_factory=dict)  # netloc -> requests/s
-    robots_timeout: float = 10.0
     robots_retry_seconds: float = 60.0
+    quarantined: dict[int, str] = field(default_factory=dict)  # row key -> reason (see .quarantine): not fetched
     _robots: dict[str, tuple[Protego | None, float]] = field(default_factory=dict, repr=False)
     _next_slot: dict[str, float] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -74,14 +107,44 @@ class HostPolicy:
         return None
 
     def _fetch_robots(self, origin: str) -> Protego | None:
-        request = urllib.request.Request(origin + "/robots.txt", headers={"User-Agent": self.user_agent})
+        """The parsed robots.txt; an empty one for a 4xx answer; None when unreachable (5xx, refused, network).
+
+        A host (or robots.txt redirect) the fetch policy blocks raises :class:`BlockedAddress`, not cached: the row
+        then says "blocked", as it would have without robots.txt, and nothing was sent to that address.
+        """
         try:
-            with urllib.request.urlopen(request, timeout=self.robots_timeout) as response:
-                return Protego.parse(response.read().decode("utf-8", errors="replace"))
-        except urllib.error.HTTPError as err:
-            return Protego.parse("") if 400 <= err.code < 500 else None
-        except (urllib.error.URLError, OSError, ValueError):
+            fetched = self.client.get(origin + "/robots.txt", truncate=True)  # redirects guarded, not robots-checked
+        except BlockedAddress:
+            raise
+        except Exception:  # noqa: BLE001 - any failure to read robots.txt is "unreachable" (RFC 9309 §2.3.1.4)
             return None
+        if 400 <= fetched.status < 500:
+            return Protego.parse("")
+        if not 200 <= fetched.status < 300:
+            return None
+        return Protego.parse(fetched.body[:ROBOTS_MAX_BYTES].decode("utf-8", errors="replace"))
+
+    def before_redirect(self, url: str) -> None:
+        """Each redirect hop: its host's robots.txt, then its host's rate limit (the URL is already checked)."""
+        verdict = self.robots_verdict(url)
+        if verdict:
+            raise RobotsRefused(verdict)
+        self.wait_turn(url)
+
+    def image_area_verdict(self, body: bytes) -> str | None:
+        """Refuse an image whose header declares too many pixels, before img2dataset decodes it whole."""
+        if math.isinf(self.max_image_area):
+            return None
+        try:
+            with Image.open(io.BytesIO(body)) as image:  # reads the header only
+                width, height = image.size
+        except Image.DecompressionBombError as err:
+            return f"{TOO_LARGE_PREFIX}: image area ({err})"
+        except Exception:  # noqa: BLE001 - not a format PIL reads: img2dataset's decoder gives the verdict
+            return None
+        if width * height > self.max_image_area:
+            return f"{TOO_LARGE_PREFIX}: image area {width}x{height} exceeds {self.max_image_area:.0f} pixels"
+        return None
 
     def wait_turn(self, url: str) -> None:
         """Block until this host may be sent another request (a per-host spacing limiter)."""
@@ -102,24 +165,43 @@ _policy: HostPolicy | None = None
 
 
 def polite_fetch(row, timeout, user_agent_token, disallowed_header_directives):
-    """Drop-in for img2dataset's ``download_image``: same arguments and ``(key, stream, error)`` result."""
-    if _policy is None:
-        return _original_download_image(row, timeout, user_agent_token, disallowed_header_directives)
+    """Drop-in for img2dataset's ``download_image``: same arguments and ``(key, stream, error)`` result.
+
+    ``timeout`` is the client's (the recipe's ``download.timeout``, set when the policy was built).
+    """
+    del timeout
     key, url = row
-    verdict = _policy.robots_verdict(url)
-    if verdict:
-        return key, None, verdict
-    _policy.wait_turn(url)
+    policy = _policy
+    if policy is None:
+        return key, None, NO_POLICY_ERROR
+    if key in policy.quarantined:
+        return key, None, policy.quarantined[key]
     try:
-        request = urllib.request.Request(url, headers={"User-Agent": _policy.user_agent})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            if disallowed_header_directives and i2d_downloader.is_disallowed(
-                response.headers, user_agent_token, disallowed_header_directives
-            ):
-                return key, None, OPT_OUT_ERROR
-            return key, io.BytesIO(response.read()), None
+        uri = checked_uri(url)
+        verdict = policy.robots_verdict(uri)
+        if verdict:
+            return key, None, verdict
+        policy.wait_turn(uri)
+        fetched = policy.client.get(uri, on_redirect=policy.before_redirect)
+        if not 200 <= fetched.status < 300:
+            raise HTTPStatusError(fetched.status, _reason(fetched.status))
+        if disallowed_header_directives and i2d_downloader.is_disallowed(
+            _HeaderLookup(fetched.headers), user_agent_token, disallowed_header_directives
+        ):
+            return key, None, OPT_OUT_ERROR
+        verdict = policy.image_area_verdict(fetched.body)
+        if verdict:
+            return key, None, verdict
+        return key, RowBytes(fetched.body, key), None
     except Exception as err:  # noqa: BLE001 - img2dataset's contract: the error text becomes the row's error
-        return key, None, str(err)
+        return key, None, str(err) or type(err).__name__
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 _install_lock = threading.Lock()

@@ -9,9 +9,14 @@ import pyarrow as pa
 
 from pipeline.core import schema
 from pipeline.core.layout import BuildLayout
+from pipeline.net.addresses import BLOCKED_ADDRESS_PREFIX
+from pipeline.net.client import TOO_LARGE_PREFIX
+from pipeline.net.urls import BLOCKED_URL_PREFIX
+from pipeline.stages.download.quarantine import QUARANTINED_PREFIX
 
 ROBOTS_ERROR_PREFIX = "robots.txt disallows"
 ROBOTS_UNREACHABLE_PREFIX = "robots.txt unreachable"
+IMG2DATASET_AREA_ERROR = "image area too large"  # img2dataset's Resizer, after decoding
 
 # sample_id + the columns the download stage adds to the manifest: the schema of download/<shard>.parquet.
 DOWNLOAD_ROWS_SCHEMA = pa.schema(
@@ -25,6 +30,12 @@ def classify(i2d_status: str | None, error: str | None) -> tuple[str, str | None
     if i2d_status == "success":
         return schema.STATUS_OK, None
     error = error or "no error message from img2dataset"
+    if error.startswith(QUARANTINED_PREFIX):
+        return schema.STATUS_QUARANTINED, error
+    if error.startswith((BLOCKED_URL_PREFIX, BLOCKED_ADDRESS_PREFIX)):
+        return schema.STATUS_BLOCKED, error
+    if error.startswith(TOO_LARGE_PREFIX) or error == IMG2DATASET_AREA_ERROR:
+        return schema.STATUS_TOO_LARGE, error
     if i2d_status == "failed_to_resize":
         if "decod" in error.lower():
             return schema.STATUS_FAILED_DECODE, error

@@ -1,0 +1,98 @@
+"""The download stage (img2dataset in its worker child) under the fetch policy, against a hostile loopback host.
+
+Only the entry host's port is allowlisted; a second loopback host stands for the internal network and counts
+the requests that reach it (none may).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+
+from pipeline.stages.download.quarantine import row_being_decoded
+
+from tests.hostile_host import WIKI_PATH, HostileHost
+from tests.pipeline.helpers import candidates, recipe_with
+from tests.pipeline.helpers import run_after_crawl as run_all
+
+
+def test_hostile_urls_end_with_their_own_status_and_reach_nothing_internal(tmp_path):
+    with HostileHost() as entry, HostileHost() as internal:
+        urls = {
+            "redirect-internal": f"{entry.url}/redirect?to={internal.url}/latest/meta-data/",
+            "redirect-metadata": f"{entry.url}/redirect?to=http://169.254.169.254/latest/meta-data/",
+            "direct-internal": f"{internal.url}/img/1.jpg",
+            "file": "file:///etc/passwd",
+            "data": "data:image/jpeg;base64,/9j/4AAQSkZJRg==",
+            "ftp": "ftp://example.org/a.jpg",
+            "rewritten-to-file": "http://mirror.example/passwd",
+            "big": f"{entry.url}/big",
+            "bomb": f"{entry.url}/bomb.png",
+            "wiki": entry.url + WIKI_PATH,  # an IRI: a space and a non-ASCII letter, sent percent-encoded
+            "ok": f"{entry.url}/img/2.jpg",
+        }
+        rows = candidates(list(urls.values()))
+        recipe = recipe_with(
+            tmp_path, rows, allow_local_hosts=[f"127.0.0.1:{entry.port}"], max_response_bytes=1_000_000,
+            max_image_area=50_000_000, url_rewrite={"http://mirror.example/": "file:///etc/"},
+        )  # fmt: skip
+        result = run_all(recipe)
+    manifest = pq.read_table(result["manifest"], columns=["url", "status", "error"]).to_pylist()
+    got = {name: row["status"] for name, row in zip(urls, manifest, strict=True)}
+    assert got == {
+        "redirect-internal": "blocked", "redirect-metadata": "blocked", "direct-internal": "blocked",
+        "file": "blocked", "data": "blocked", "ftp": "blocked", "rewritten-to-file": "blocked",
+        "big": "too_large", "bomb": "too_large", "wiki": "ok", "ok": "ok",
+    }, manifest  # fmt: skip
+    assert sum(internal.hits.values()) == 0  # not even its robots.txt
+    assert entry.hits[WIKI_PATH] == 1
+    assert result["summary"]["candidates"] == len(urls) == sum(result["summary"]["by_status"].values())
+
+
+class OomKiller:
+    """Plays the kernel's OOM killer: SIGKILLs the download worker whenever it is decoding row ``row_key``."""
+
+    def __init__(self, build: Path, row_key: int) -> None:
+        self.build, self.row_key, self.kills = build, row_key, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+
+    def watch(self) -> None:
+        armed = True  # after a kill, wait for a new decode of the row (the journal still names it)
+        while not self.stop.is_set():
+            decoding = [row_being_decoded(journal) for journal in self.build.rglob("*.decoding")]
+            if armed and self.row_key in decoding:
+                for child in psutil.Process().children(recursive=True):
+                    if "pipeline.core.workers" in " ".join(child.cmdline()):
+                        child.kill()
+                        child.wait(10)
+                self.kills += 1
+                armed = False
+            elif self.row_key not in decoding:
+                armed = True
+            time.sleep(0.005)
+
+    def __enter__(self) -> OomKiller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_a_row_that_kills_its_worker_is_quarantined_and_the_build_finishes(tmp_path):
+    with HostileHost() as host:
+        urls = [f"{host.url}/img/1.jpg", f"{host.url}/huge.png", f"{host.url}/img/2.jpg", f"{host.url}/img/3.jpg"]
+        recipe = recipe_with(tmp_path, candidates(urls), max_image_area=math.inf, thread_count=1)
+        with OomKiller(tmp_path / "build", row_key=1) as killer:
+            result = run_all(recipe)
+    manifest = pq.read_table(result["manifest"], columns=["status", "error"]).to_pylist()
+    assert [r["status"] for r in manifest] == ["ok", "quarantined", "ok", "ok"], manifest
+    assert "died 2 times while decoding" in manifest[1]["error"]
+    assert killer.kills == 2 and host.hits["/huge.png"] == 2  # fetched for the two deaths, then never again
