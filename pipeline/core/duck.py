@@ -21,7 +21,7 @@ def connect(config: DuckDBConfig | None = None, *urls: str) -> duckdb.DuckDBPyCo
     """A connection with the recipe's memory limit and threads; ``urls`` on object stores become readable."""
     config = config or DuckDBConfig()
     con = duckdb.connect()
-    spill = config.temp_directory or os.path.join(tempfile.gettempdir(), "plantmix-duckdb")
+    spill = spill_directory(config)
     # Never fetch extensions from the internet behind the user's back (object stores go through fsspec).
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
@@ -31,6 +31,12 @@ def connect(config: DuckDBConfig | None = None, *urls: str) -> duckdb.DuckDBPyCo
         con.execute(f"SET threads = {int(config.threads)}")
     register_filesystems(con, *urls)
     return con
+
+
+def spill_directory(config: DuckDBConfig | None = None) -> str:
+    """Where DuckDB spills joins and sorts: the recipe's ``temp_directory``, or PlantMix's folder in the system temp."""
+    config = config or DuckDBConfig()
+    return config.temp_directory or os.path.join(tempfile.gettempdir(), "plantmix-duckdb")
 
 
 def register_filesystems(con: duckdb.DuckDBPyConnection, *urls: str) -> None:

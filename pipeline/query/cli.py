@@ -2,6 +2,7 @@
 
     plantmix sql "SELECT * FROM by_source" --build builds/demo
     plantmix sql --build builds/demo            # interactive: one query per line, Ctrl-D to quit
+    plantmix sql "COPY kept TO 'kept.parquet'" --build builds/demo --allow-writes   # read-only unless asked
     plantmix summary --build builds/demo
     plantmix mixing-law fit results.csv --reference 0.42   # pipeline/mixing/cli.py
 
@@ -12,6 +13,7 @@ The build itself runs through Prefect: ``python -m flows.build_plantmix --recipe
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 
@@ -26,19 +28,22 @@ def _print(rel: duckdb.DuckDBPyRelation, fmt: str) -> None:
     if fmt == "table":
         print(rel.to_table_string() if hasattr(rel, "to_table_string") else rel)
     elif fmt == "csv":
-        print(",".join(rel.columns))
-        for row in rel.fetchall():
-            print(",".join("" if v is None else str(v) for v in row))
+        # The csv module quotes commas, quotes and line breaks inside values (captions have all three).
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(rel.columns)
+        writer.writerows(rel.fetchall())  # None is written as an empty field
     else:
         for row in rel.fetchall():
             print(json.dumps(dict(zip(rel.columns, row, strict=True)), default=str))
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    con = sql.connect(args.build)
+    con = sql.connect(args.build, read_only=not args.allow_writes)
     queries = [args.query] if args.query else (line for line in sys.stdin if line.strip())
     for query in queries:
         try:
+            if not args.allow_writes:
+                sql.refuse_writes(query)
             rel = con.sql(query)
         except duckdb.Error as err:
             print(f"error: {err}", file=sys.stderr)
@@ -63,7 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     p_sql.add_argument("query", nargs="?", help="SQL; omitted: read queries from stdin, one per line")
     p_sql.add_argument("--build", required=True, help="build folder, or a manifest Parquet file/glob/URL")
     p_sql.add_argument("--format", choices=("table", "csv", "jsonl"), default="table")
-    p_sql.set_defaults(func=cmd_sql)
+    access = p_sql.add_mutually_exclusive_group()
+    access.add_argument(
+        "--read-only",
+        dest="allow_writes",
+        action="store_false",
+        help="the default: the SQL may read the manifest and nothing else, and write no file",
+    )
+    access.add_argument(
+        "--allow-writes", action="store_true", help="let the SQL write files (COPY, EXPORT) and read any file or URL"
+    )
+    p_sql.set_defaults(func=cmd_sql, allow_writes=False)  # read-only unless --allow-writes
     p_sum = sub.add_parser("summary", help="candidates per source, status and license")
     p_sum.add_argument("--build", required=True, help="build folder, or a manifest Parquet file")
     p_sum.add_argument("--json", action="store_true", help="print JSON instead of text")

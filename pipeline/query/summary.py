@@ -15,6 +15,7 @@ EXAMPLE_QUERY = (
 
 
 def summarize(manifest: Path | str, limits: DuckDBConfig | None = None) -> dict[str, Any]:
+    """Counts per status, source, rule and license; the path goes in as an escaped literal (folders may hold ')."""
     con = duck.connect(limits, str(manifest))  # the recipe's memory limit; any fsspec filesystem (s3://...)
     con.sql(f"CREATE VIEW m AS SELECT * FROM read_parquet({duck.literal(manifest)})")
 
