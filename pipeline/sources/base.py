@@ -111,20 +111,23 @@ def build_row(partial: Mapping[str, Any], ctx: CrawlContext, allowed_schemes: tu
     """Turn an adapter's partial dict into a full candidate row (all CANDIDATE_SCHEMA columns).
 
     ``partial["license"]`` is the raw code or URL as published. Rules, first failing one wins: an earlier
-    adapter rejection, URL scheme, license, caption. ``sample_id`` comes from the source record id, else the URL,
-    else the input location, so even a rejected row keeps a stable id.
+    adapter rejection, URL (stripped; must parse, scheme allowed), license, caption. ``sample_id`` comes from the
+    source record id, else the URL, else the input location, so even a rejected row keeps a stable id.
     """
     row: dict[str, Any] = {column: partial.get(column) for column in CANDIDATE_COLUMNS}
     row["status"] = partial.get("status") or STATUS_PENDING
+    row["url"] = (row["url"] or "").strip() or None  # exports pad URLs with spaces and line ends
     row["taxonomy"] = full_taxonomy(partial.get("taxonomy"))
     record = row["source_record_id"] or row["url"] or f"{row['input_file']}:{row['input_row']}"
     row["sample_id"] = sample_id_for(row["source"], str(record))
 
     schemes = allowed_schemes if allowed_schemes is not None else ctx.allowed_schemes
-    url = (row["url"] or "").strip()
-    scheme = urlsplit(url).scheme.lower() if url else ""
+    url = row["url"] or ""
+    scheme, invalid = _scheme_of(url)
     if not url:
         reject(row, "url", "empty image URL")
+    elif invalid:
+        reject(row, "url", f"invalid URL ({invalid}): {url[:200]}")
     elif scheme not in schemes:
         reject(
             row, "url", f"URL scheme {scheme or '(none)'!r} not allowed (allowed: {', '.join(schemes)}): {url[:200]}"
@@ -149,6 +152,16 @@ def build_row(partial: Mapping[str, Any], ctx: CrawlContext, allowed_schemes: tu
     except captions.NoCaption as exc:
         reject(row, "caption", str(exc))
     return row
+
+
+def _scheme_of(url: str) -> tuple[str, str | None]:
+    """``(lowercased scheme, None)``, or ``("", why)`` for a URL urllib cannot parse (``http://[::1/``, bad port)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (parsing the port is the check: out of range or not a number raises)
+    except ValueError as exc:
+        return "", str(exc)
+    return parts.scheme.lower(), None
 
 
 # iNaturalist's rank levels (also used for GBIF's taxonRank, lowercased): lower is finer.

@@ -3,7 +3,9 @@
 An :class:`Archive` is a zip or an unpacked folder; :meth:`Archive.core_and_extension` parses ``meta.xml`` into
 :class:`FileSpec` s (file location, text dialect, id column, term URI -> column index or default) and checks that the
 declared files exist and carry the required terms. Defaults follow the text guide: fields ``,``, lines ``\\n``,
-enclosed by ``"``, UTF-8, no header lines. Every problem raises ``SourceError`` naming the archive member.
+enclosed by ``"``, UTF-8, no header lines. Every problem raises ``SourceError`` naming the archive member (and,
+for a bad descriptor, the attribute): separators and quotes must be single characters, the encoding
+ASCII-compatible, and ``meta.xml`` at most ``MAX_META_XML_BYTES`` (it describes files; it never holds data).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import IO
 
 from pipeline.core.io import is_local, isdir, isfile, join, open_input, open_lines, url_to_fs
 from pipeline.sources.base import SourceError
-from pipeline.sources.textfiles import text_of
+from pipeline.sources.textfiles import encoding_problem, text_of
 
 NS = "{http://rs.tdwg.org/dwc/text/}"
+MAX_META_XML_BYTES = 10 * 2**20  # real descriptors are a few KiB; anything near this is not a descriptor
 _ESCAPES = {"\\t": "\t", "\\n": "\n", "\\r": "\r", '\\"': '"', "\\'": "'"}
 
 
@@ -103,7 +106,13 @@ class Archive:
         if "meta.xml" not in self.names():
             raise SourceError(f"{label}: missing; a Darwin Core Archive describes its files in meta.xml")
         with self.open("meta.xml") as stream:
-            text = text_of(stream.read(), label)
+            data = stream.read(MAX_META_XML_BYTES + 1)
+        if len(data) > MAX_META_XML_BYTES:
+            raise SourceError(
+                f"{label}: larger than {MAX_META_XML_BYTES} bytes; a meta.xml describes the archive's files "
+                "in a few KiB, so this is not a Darwin Core Archive descriptor"
+            )
+        text = text_of(data, label)
         try:
             root = ET.fromstring(text)
         except ET.ParseError as exc:
@@ -152,8 +161,7 @@ class Archive:
             encoding=element.get("encoding", "UTF-8"),
             skip_lines=_int(element.get("ignoreHeaderLines", "0"), where, "ignoreHeaderLines"),
         )
-        if len(spec.delimiter) != 1:
-            raise SourceError(f"{where}: fieldsTerminatedBy {spec.delimiter!r} must be one character")
+        _check_dialect(spec, where)
         for field_element in _findall(element, "field"):
             term = field_element.get("term")
             if not term:
@@ -163,6 +171,22 @@ class Archive:
             elif field_element.get("default") is not None:
                 spec.defaults[term] = field_element.get("default", "")
         return spec
+
+
+def _check_dialect(spec: FileSpec, where: str) -> None:
+    """The csv module needs one-character separators that differ and are not line ends (else a raw TypeError)."""
+    if len(spec.delimiter) != 1 or spec.delimiter in "\r\n":
+        raise SourceError(f"{where}: fieldsTerminatedBy {spec.delimiter!r} must be one character, not a line end")
+    if spec.quotechar is not None:
+        if len(spec.quotechar) != 1 or spec.quotechar in "\r\n":
+            raise SourceError(
+                f"{where}: fieldsEnclosedBy {spec.quotechar!r} must be one character or empty (no quoting)"
+            )
+        if spec.quotechar == spec.delimiter:
+            raise SourceError(f"{where}: fieldsEnclosedBy and fieldsTerminatedBy are both {spec.delimiter!r}")
+    problem = encoding_problem(spec.encoding)
+    if problem:
+        raise SourceError(f"{where}: attribute encoding (of {spec.location}): {problem}")
 
 
 def _find(element: ET.Element, path: str) -> ET.Element | None:

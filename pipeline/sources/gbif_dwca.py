@@ -14,7 +14,9 @@ GBIF's ``species``, scientificName, taxonRank, vernacularName). Pl@ntNet's GBIF 
 ``source_record_id`` = ``"{gbifID or core id}:{media identifier URL}"``: stable when GBIF regenerates a
 download in another row order; ``page_url`` = media or occurrence ``references``, else https://www.gbif.org/occurrence/{gbifID}.
 Memory: the occurrence core is held in a dict (only the terms used); multimedia rows stream.
-Occurrences without a media row yield nothing (there is no image to crawl); their count is logged.
+Occurrences without a media row yield nothing (there is no image to crawl); their count is logged. A core id that
+repeats, or a multimedia file without data rows, raises ``SourceError`` (naming file, row and id): a repeated id
+would join its media to one occurrence by chance, and an empty extension would crawl nothing without a word.
 ``input_file`` of a row is ``"<archive>!<member>"``.
 """
 
@@ -109,12 +111,16 @@ def _records(archive: Archive, spec: FileSpec) -> Iterator[tuple[int, int, list[
 def _load_occurrences(archive: Archive, core: FileSpec) -> dict[str, dict[str, str | None]]:
     occurrences = {}
     for number, line, fields in _records(archive, core):
+        where = f"{archive.label(core.location)} row {number} (line {line})"
         if len(fields) <= core.max_index:
+            raise SourceError(f"{where}: expected at least {core.max_index + 1} fields, found {len(fields)}")
+        core_id = fields[core.id_index]
+        if core_id in occurrences:
             raise SourceError(
-                f"{archive.label(core.location)} row {number} (line {line}): "
-                f"expected at least {core.max_index + 1} fields, found {len(fields)}"
+                f"{where}, field id (column {core.id_index}): core id {core_id!r} repeats an earlier row; "
+                "core ids must be unique, or media rows join an occurrence by chance"
             )
-        occurrences[fields[core.id_index]] = {name: core.value(fields, uri) for name, uri in OCCURRENCE_TERMS.items()}
+        occurrences[core_id] = {name: core.value(fields, uri) for name, uri in OCCURRENCE_TERMS.items()}
     return occurrences
 
 
@@ -142,6 +148,7 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
     occurrences = _load_occurrences(archive, core)
     media_label = archive.label(media.location)
     with_media: set[str] = set()
+    number = 0
     for number, line, fields in _records(archive, media):
         values = {name: media.value(fields, uri) for name, uri in MEDIA_TERMS.items()}
         core_id = fields[media.id_index] if len(fields) > media.id_index else ""
@@ -180,6 +187,11 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
         partial["license"] = values["license"] or (occurrence or {}).get("license")
         partial["rights_holder"] = values["rightsHolder"] or values["creator"] or (occurrence or {}).get("rightsHolder")
         yield build_row(partial, ctx)
+    if number == 0:
+        raise SourceError(
+            f"{media_label}: no data rows (ignoreHeaderLines={media.skip_lines}); "
+            "a multimedia file without rows gives no image to crawl"
+        )
     without_media = len(set(occurrences) - with_media)
     if without_media:
         log.info(

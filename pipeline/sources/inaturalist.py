@@ -24,6 +24,8 @@ per observation: a full export of ~200M observations needs tens of GB). For the 
 to the taxa you want with DuckDB, e.g. ``COPY (SELECT o.* FROM read_csv('observations.csv.gz', delim='\\t',
 quote='') o JOIN read_csv('taxa.csv.gz', delim='\\t', quote='') t USING (taxon_id) WHERE t.ancestry LIKE
 '48460/47126%') TO 'observations.csv' (DELIMITER '\\t', QUOTE '')``, and crawl the cut.
+An id that repeats in observations, taxa, observers or common_names raises ``SourceError`` naming the file, the
+row and the id (a photo would otherwise join to whichever row came last).
 """
 
 from __future__ import annotations
@@ -105,12 +107,19 @@ def _folder(directory: str) -> str:
 
 
 def _lookup(path: str, key: str, columns: tuple[str, ...], delimiter: str = "\t", quote: str | None = None) -> dict:
-    """Small table -> {key: values}; a malformed row here would corrupt every photo that joins to it, so it fails."""
+    """Small table -> {key: values}; a malformed row here would corrupt every photo that joins to it, so it fails.
+
+    So does a repeated key: which of two taxa (or observations) a photo joins to would depend on row order.
+    """
     table: dict[str, dict[str, str | None]] = {}
     for record in read_table(path, required=columns, delimiter=delimiter, quotechar=quote):
+        where = f"{path} row {record.row} (line {record.line})"
         if record.problem:
-            raise SourceError(f"{path} row {record.row} (line {record.line}): {record.problem}")
-        table[record.values[key] or ""] = {c: record.values[c] for c in columns}
+            raise SourceError(f"{where}: {record.problem}")
+        value = record.values[key] or ""
+        if value in table:
+            raise SourceError(f"{where}, field {key}: id {value!r} repeats an earlier row; {key} must be unique")
+        table[value] = {c: record.values[c] for c in columns}
     return table
 
 

@@ -13,8 +13,11 @@ not invented. Set ``default_license: null`` to reject such rows instead.
 
 Errors: missing configured columns (for JSONL: in the first object) raise ``SourceError`` naming the file, the
 expected column and the columns found; an empty file raises ``SourceError``; undecodable bytes raise ``SourceError``
-naming the file and line (a bad byte means a wrong encoding or a corrupt file, not one bad row). A JSONL line that
-is not a JSON object, or a CSV row with the wrong field count, is a rejected row. Without ``id_col`` the
+naming the file and line (a bad byte means a wrong encoding or a corrupt file, not one bad row); a ``.json`` /
+``.jsonl`` file that starts with ``[`` is one JSON array, not JSON Lines, and raises ``SourceError`` (convert it
+with ``jq -c '.[]'``). A JSONL line that is not a JSON object, a later object without a configured column, a CSV
+row with the wrong field count, and a value of the wrong type (a list or number as caption: text is never made
+with ``str()``; ids may be integers) are rejected rows naming file, row and field. Without ``id_col`` the
 ``sample_id`` is derived from the URL, so repeated URLs in one pool share a ``sample_id`` (by design: same image).
 """
 
@@ -45,6 +48,7 @@ from pipeline.sources.base import (
 from pipeline.sources.textfiles import DecodedLines, open_binary, read_table
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+ID_TYPES = (str, int)  # DataComp's uid is text, LAION's SAMPLE_ID an integer; every other column is text
 
 
 @dataclass
@@ -129,6 +133,11 @@ def _jsonl(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], str
             if not text.strip():
                 continue
             number += 1
+            if number == 1 and text.lstrip().startswith("["):
+                raise SourceError(
+                    f"{path} line {lines.line}: the file is a JSON array (it starts with '['), not JSON Lines; "
+                    "expected one JSON object per line (convert with: jq -c '.[]')"
+                )
             try:
                 values = json.loads(text)
             except json.JSONDecodeError as exc:
@@ -144,8 +153,12 @@ def _jsonl(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], str
         raise SourceError(f"{path}: empty file; expected JSON Lines with keys {config.columns}")
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _text(value: Any, types: tuple[type, ...]) -> tuple[str | None, str | None]:
+    """``(text, None)`` for None or a value of ``types``; ``(None, why)`` otherwise, so junk is never stringified."""
+    if value is None or (isinstance(value, types) and not isinstance(value, bool)):
+        return (None if value is None else str(value)), None
+    expected = " or ".join(t.__name__ for t in types)
+    return None, f"expected {expected}, found {type(value).__name__} {repr(value)[:80]}"
 
 
 def pool_files(config: Config) -> list[str]:
@@ -197,22 +210,26 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
 
 def _read_file(config: Config, ctx: CrawlContext, path: str, rows: Iterator) -> Iterator[dict]:
     for number, values, problem in rows:
-        raw_id = values.get(config.id_col) if config.id_col else None
-        raw_license = values.get(config.license_col) if config.license_col else None
-        url = values.get(config.url_col)
+        checked = {c: _text(values.get(c), ID_TYPES if c == config.id_col else (str,)) for c in config.columns}
+        text = {column: value for column, (value, _) in checked.items()}
+        url = (text[config.url_col] or "").strip()
         partial: dict[str, Any] = {
             "source": config.name,
-            "source_record_id": str(raw_id) if raw_id not in (None, "") else None,
+            "source_record_id": (text[config.id_col] or None) if config.id_col else None,
             "domain": config.domain,
-            "url": rewrite_url(str(url).strip(), config.url_rewrite or {}) if url else None,
-            "original_text": _text(values.get(config.caption_col)),
-            "license": _text(raw_license) or config.default_license,
-            "rights_holder": _text(values.get(config.rights_holder_col)) if config.rights_holder_col else None,
+            "url": rewrite_url(url, config.url_rewrite or {}) if url else None,
+            "original_text": text[config.caption_col],
+            "license": (text[config.license_col] if config.license_col else None) or config.default_license,
+            "rights_holder": text[config.rights_holder_col] if config.rights_holder_col else None,
             "input_file": path,
             "input_row": number,
         }
+        missing = [column for column in config.columns if column not in values]
+        wrong = [(column, why) for column, (_, why) in checked.items() if why]
         if problem:
             reject(partial, "(row)", problem)
-        elif config.caption_col not in values or config.url_col not in values:
-            reject(partial, config.url_col if config.url_col not in values else config.caption_col, "missing")
+        elif missing:
+            reject(partial, ", ".join(missing), "missing from this row (a configured column)")
+        elif wrong:
+            reject(partial, *wrong[0])
         yield build_row(partial, ctx)

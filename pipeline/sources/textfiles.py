@@ -6,11 +6,14 @@ Shared by the adapters so that every source treats the same problems the same wa
   byte almost always means a wrong declared encoding or a corrupt/truncated file, so no row of it can be trusted;
 - a row with the wrong number of fields is *not* a file error: it is yielded with a ``problem`` text and the
   adapter turns it into a rejected candidate row.
-Lines are decoded one at a time, so files of any size stream in constant memory. ASCII-compatible encodings only.
+Lines are decoded one at a time, so files of any size stream in constant memory. ASCII-compatible encodings only:
+a declared UTF-16/32 raises ``SourceError`` up front, and so does a file whose first line shows another encoding
+than the declared one (a UTF-16/32 byte-order mark or NUL bytes, or a UTF-8 one under a legacy declaration).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import zipfile
@@ -64,10 +67,49 @@ class _GzipReader(gzip.GzipFile):
             self._remote.close()
 
 
+def encoding_problem(encoding: str) -> str | None:
+    """Why lines in ``encoding`` cannot be split on ``\\n`` bytes (unknown or not ASCII-compatible); None if fine."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        return f"unknown text encoding {encoding!r}"
+    probe = 'a\t,"\r\n'
+    if probe.encode(name, errors="replace") != probe.encode("ascii"):
+        return (
+            f"encoding {encoding!r} is not supported: lines are split on \\n bytes, which needs an ASCII-compatible "
+            "encoding (UTF-8, ISO-8859-1, windows-1252); convert the file, e.g. iconv -f UTF-16 -t UTF-8"
+        )
+    return None
+
+
+_BOMS = (  # longest first: the UTF-32-LE mark starts with the UTF-16-LE one
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+    (codecs.BOM_UTF8, "UTF-8"),
+)
+
+
+def found_encoding(first_line: bytes, declared: str) -> str | None:
+    """What the first line's bytes say the file is, when that contradicts ``declared``; None when it agrees."""
+    declared_name = codecs.lookup(declared).name
+    for bom, found in _BOMS:
+        if first_line.startswith(bom):
+            agrees = found == "UTF-8" and declared_name in ("utf-8", "utf-8-sig")
+            return None if agrees else f"{found} (byte-order mark {bom.hex(' ').upper()})"
+    if b"\x00" in first_line:
+        return "UTF-16 or UTF-32 (NUL bytes in the first line)"
+    return None
+
+
 class DecodedLines:
     """Decoded lines of a binary stream, counting physical lines for error messages."""
 
     def __init__(self, binary: IO[bytes], label: str, encoding: str) -> None:
+        problem = encoding_problem(encoding)
+        if problem:
+            raise SourceError(f"{label}: {problem}")
         self.binary, self.label, self.encoding, self.line = binary, label, encoding, 0
 
     def __iter__(self) -> Iterator[str]:
@@ -80,6 +122,8 @@ class DecodedLines:
             except (EOFError, OSError, zlib.error, zipfile.BadZipFile) as exc:  # truncated or corrupt .gz / zip member
                 raise SourceError(f"{self.label} line {self.line + 1}: cannot read compressed data ({exc})") from None
             self.line += 1
+            if self.line == 1 and (found := found_encoding(raw, self.encoding)):
+                raise SourceError(f"{self.label}: declared encoding {self.encoding}, but the file is {found}")
             try:
                 text = raw.decode(self.encoding)
             except UnicodeDecodeError as exc:
@@ -142,6 +186,9 @@ def read_table(
     except StopIteration:
         binary.close()
         raise SourceError(f"{label}: empty file; expected a header with columns {sorted(set(required))}") from None
+    except SourceError:
+        binary.close()
+        raise
     header = [name.strip() for name in header]
     missing = [name for name in required if name not in header]
     if missing:

@@ -93,3 +93,24 @@ def test_list_options_refuse_a_bare_string():
         InatConfig.from_dict({"directory": "x", "kingdoms": "Plantae"})
     with pytest.raises(ConfigError, match="quality_grades must be a list"):
         InatConfig.from_dict({"directory": "x", "quality_grades": "research"})
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://[::1/a.jpg", "Invalid IPv6 URL"),
+        ("http://example.org:99999/a.jpg", "Port out of range"),
+        ("http://example.org:abc/a.jpg", "Port could not be cast"),
+    ],
+)
+def test_unparseable_url_is_a_rejected_row_not_a_crash(ctx, url, why):
+    row = build_row({**BASE, "url": url}, ctx)
+    assert row["status"] == "rejected"
+    assert row["error"].startswith(f"export.csv row 3, field url: invalid URL ({why}")
+
+
+def test_url_surrounding_whitespace_is_stripped(ctx):
+    row = build_row({**BASE, "source_record_id": None, "url": " \thttps://example.org/a.jpg\r\n"}, ctx)
+    assert (row["url"], row["status"]) == ("https://example.org/a.jpg", "pending")
+    assert row["sample_id"] == sample_id_for("src", "https://example.org/a.jpg")
+    assert build_row({**BASE, "url": "   "}, ctx)["error"].endswith("field url: empty image URL")

@@ -1,8 +1,11 @@
+import zipfile
+
 import pyarrow as pa
 import pytest
 from source_fixtures import MEDIA_TERMS, meta_xml, write_dwca
 
 from pipeline.core.schema import CANDIDATE_SCHEMA
+from pipeline.sources import dwca_meta
 from pipeline.sources.base import SourceError
 from pipeline.sources.registry import read_source
 
@@ -58,8 +61,6 @@ def test_columns_follow_meta_xml_not_position(tmp_path, ctx):
 
 
 def test_unpacked_folder_works(tmp_path, ctx):
-    import zipfile
-
     zipfile.ZipFile(write_dwca(tmp_path / "dwca.zip")).extractall(tmp_path / "unpacked")
     assert len(crawl(tmp_path / "unpacked", ctx)) == 6
 
@@ -106,7 +107,9 @@ def test_undecodable_bytes_and_empty_file(tmp_path, ctx):
     media = "gbifID\ttype\n1001\tStill\xff".encode("latin-1")
     with pytest.raises(SourceError, match=r"dwca.zip!multimedia.txt line 2: bytes not valid UTF-8"):
         crawl(write_dwca(tmp_path / "dwca.zip", multimedia_txt=media), ctx)
-    assert crawl(write_dwca(tmp_path / "empty.zip", multimedia_txt=""), ctx) == []
+    for name, empty in (("empty.zip", ""), ("header.zip", "gbifID\ttype\n")):
+        with pytest.raises(SourceError, match=rf"{name}!multimedia.txt: no data rows \(ignoreHeaderLines=1\)"):
+            crawl(write_dwca(tmp_path / name, multimedia_txt=empty), ctx)
 
 
 def test_short_media_row_and_unknown_coreid_are_rejected_rows(tmp_path, ctx):
@@ -114,3 +117,45 @@ def test_short_media_row_and_unknown_coreid_are_rejected_rows(tmp_path, ctx):
     rows = crawl(write_dwca(tmp_path / "dwca.zip", multimedia_txt=media), ctx)
     assert rows[0]["error"].endswith("row 1, field (row): line 2: expected 9 fields, found 2")
     assert rows[1]["error"].endswith("row 2, field coreid: occurrence '9999' not in occurrence.txt")
+
+
+def test_multi_character_quote_names_meta_xml_and_attribute(tmp_path, ctx):
+    bad = meta_xml().replace('fieldsEnclosedBy=""', 'fieldsEnclosedBy="ab"', 1)
+    with pytest.raises(SourceError, match=r"dwca.zip!meta.xml: <core .*: fieldsEnclosedBy 'ab' must be one character"):
+        crawl(write_dwca(tmp_path / "dwca.zip", meta_xml=bad), ctx)
+    same = meta_xml().replace('fieldsEnclosedBy=""', 'fieldsEnclosedBy="\\t"', 1)
+    with pytest.raises(SourceError, match=r"meta.xml: <core .*fieldsEnclosedBy and fieldsTerminatedBy are both"):
+        crawl(write_dwca(tmp_path / "same.zip", meta_xml=same), ctx)
+
+
+def test_utf16_data_file_names_file_and_both_encodings(tmp_path, ctx):
+    media = zipfile.ZipFile(write_dwca(tmp_path / "ok.zip")).read("multimedia.txt").decode()
+    with pytest.raises(
+        SourceError, match=r"bom.zip!multimedia.txt: declared encoding UTF-8, but the file is UTF-16 \(byte-order mark"
+    ):
+        crawl(write_dwca(tmp_path / "bom.zip", multimedia_txt=media.encode("utf-16")), ctx)
+    with pytest.raises(SourceError, match=r"le.zip!multimedia.txt: declared encoding UTF-8, but the file is UTF-16"):
+        crawl(write_dwca(tmp_path / "le.zip", multimedia_txt=media.encode("utf-16-le")), ctx)
+    declared = meta_xml().replace('encoding="UTF-8"', 'encoding="UTF-16"')
+    with pytest.raises(
+        SourceError, match=r"declared.zip!meta.xml: <core .*attribute encoding \(of occurrence.txt\).*'UTF-16'"
+    ):
+        crawl(write_dwca(tmp_path / "declared.zip", meta_xml=declared), ctx)
+
+
+def test_oversized_meta_xml_is_refused(tmp_path, ctx, monkeypatch):
+    cap = len(meta_xml()) + 100  # the real limit is 10 MiB; a small one keeps the test fast
+    monkeypatch.setattr(dwca_meta, "MAX_META_XML_BYTES", cap)
+    padded = meta_xml().replace("<archive ", "<!--" + "x" * 200 + "-->\n<archive ", 1)
+    with pytest.raises(SourceError, match=rf"dwca.zip!meta.xml: larger than {cap} bytes"):
+        crawl(write_dwca(tmp_path / "dwca.zip", meta_xml=padded), ctx)
+    assert len(crawl(write_dwca(tmp_path / "small.zip"), ctx)) == 6  # the real descriptor still fits
+
+
+def test_repeated_core_id_names_file_row_and_id(tmp_path, ctx):
+    core = zipfile.ZipFile(write_dwca(tmp_path / "ok.zip")).read("occurrence.txt").decode()
+    first_data_line = core.splitlines()[1]
+    with pytest.raises(
+        SourceError, match=r"dwca.zip!occurrence.txt row 4 \(line 5\), field id \(column 0\): core id '1001' repeats"
+    ):
+        crawl(write_dwca(tmp_path / "dwca.zip", occurrence_txt=core + first_data_line + "\n"), ctx)

@@ -104,3 +104,17 @@ def test_short_row_and_dangling_references_are_rejected_rows(inat_dir, ctx):
     assert rows[0]["error"].endswith("row 1, field (row): line 2: expected 9 fields, found 5")
     assert "field observer_id: observer '99' not in observers.csv" in rows[1]["error"]
     assert inaturalist.Config.from_dict({"directory": "x"}).base_url.startswith("https://")
+
+
+def test_repeated_ids_in_lookup_tables_name_file_row_and_id(inat_dir, ctx):
+    observations = inat_dir / "observations.csv"
+    observations.write_text(observations.read_text() + "o1\t8\t0\t0\t1\t14\tresearch\t2023-05-02\n")
+    with pytest.raises(
+        SourceError, match=r"observations.csv row 5 \(line 6\), field observation_uuid: id 'o1' repeats an earlier row"
+    ):
+        crawl(inat_dir, ctx)
+    observations.write_text("\n".join(observations.read_text().splitlines()[:-1]) + "\n")
+    taxa = inat_dir / "taxa.csv"
+    taxa.write_text(taxa.read_text() + "13\t48460/1\t10\tspecies\tApis mellifera\ttrue\n")
+    with pytest.raises(SourceError, match=r"taxa.csv row 11 \(line 12\), field taxon_id: id '13' repeats"):
+        crawl(inat_dir, ctx)

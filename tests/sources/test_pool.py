@@ -116,3 +116,58 @@ def test_a_folder_or_glob_of_part_files_is_read_in_name_order(tmp_path, ctx):
     assert by_folder[2]["input_file"].endswith("part-00001.parquet") and by_folder[2]["input_row"] == 1
     with pytest.raises(SourceError, match="no parquet pool files"):
         list(read_source("url_caption_pool", {"path": str(tmp_path / "none-*.parquet")}, ctx))
+
+
+def test_one_unparseable_url_is_a_rejected_row_and_the_crawl_goes_on(tmp_path, ctx):
+    path = tmp_path / "pool.csv"
+    path.write_text("url,caption\nhttps://x.org/1.jpg,a\nhttp://[::1/a.jpg,b\n  https://x.org/3.jpg  ,c\n")
+    rows = crawl(path, ctx)
+    assert [r["status"] for r in rows] == ["pending", "rejected", "pending"]
+    assert rows[1]["error"] == f"{path} row 2, field url: invalid URL (Invalid IPv6 URL): http://[::1/a.jpg"
+    assert rows[2]["url"] == "https://x.org/3.jpg"
+
+
+def test_wrong_typed_jsonl_values_are_rejected_rows_not_stringified(tmp_path, ctx):
+    records = [
+        {"uid": 7, "url": "https://x.org/1.jpg", "caption": [1, 2], "license": "CC0"},
+        {"uid": 8, "url": "https://x.org/2.jpg", "caption": "fine", "license": "CC0"},
+        {"uid": 9, "url": "https://x.org/3.jpg", "caption": "fine", "license": {"code": "CC0"}},
+        {"uid": 10, "url": 42, "caption": "fine", "license": "CC0"},
+    ]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows = crawl(path, ctx, id_col="uid", license_col="license")
+    assert [r["status"] for r in rows] == ["rejected", "pending", "rejected", "rejected"]
+    assert rows[0]["error"] == f"{path} row 1, field caption: expected str, found list [1, 2]"
+    assert rows[0]["original_text"] is None and rows[0]["caption"] is None  # never "[1, 2]"
+    assert [r["source_record_id"] for r in rows[:2]] == ["7", "8"]  # integer ids are fine
+    assert rows[2]["error"] == f"{path} row 3, field license: expected str, found dict {{'code': 'CC0'}}"
+    assert rows[3]["error"] == f"{path} row 4, field url: expected str, found int 42"
+
+
+def test_wrong_typed_parquet_column_is_a_rejected_row_per_row(tmp_path, ctx):
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"url": ["https://x.org/1.jpg"], "caption": [["a", "b"]]}), path)
+    (row,) = crawl(path, ctx)
+    assert row["error"] == f"{path} row 1, field caption: expected str, found list ['a', 'b']"
+
+
+def test_every_jsonl_object_is_checked_for_the_configured_columns(tmp_path, ctx):
+    path = tmp_path / "pool.jsonl"
+    objects = [
+        {"url": "https://x.org/1.jpg", "caption": "a", "license": "CC0"},
+        {"url": "https://x.org/2.jpg", "license": "CC0"},
+        {"url": "https://x.org/3.jpg", "caption": "c"},
+    ]
+    path.write_text("".join(json.dumps(o) + "\n" for o in objects))
+    rows = crawl(path, ctx, license_col="license")
+    assert rows[0]["status"] == "pending"
+    assert rows[1]["error"] == f"{path} row 2, field caption: missing from this row (a configured column)"
+    assert rows[2]["error"] == f"{path} row 3, field license: missing from this row (a configured column)"
+
+
+def test_pretty_printed_json_array_is_refused_with_a_clear_error(tmp_path, ctx):
+    path = tmp_path / "pool.json"
+    path.write_text(json.dumps([{"url": "https://x.org/1.jpg", "caption": "a"}], indent=2))
+    with pytest.raises(SourceError, match=r"pool.json line 1: the file is a JSON array .*not JSON Lines"):
+        crawl(path, ctx)
