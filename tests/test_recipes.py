@@ -1,4 +1,5 @@
-"""Every committed recipe loads, and each source's options build its adapter's Config (no input file is read)."""
+"""Every committed recipe loads, and each source's options build its adapter's Config (no input file is read);
+hostile or mistyped recipes (a source name that is a path, a domain that does not exist) are refused at load."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
-from pipeline.core.config import Recipe, SourceSpec, load_recipe
+from pipeline.core.config import DOMAINS, Recipe, RecipeError, SourceSpec, load_recipe
 from pipeline.sources.registry import load_adapter
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "manifests" / "recipes").glob("*.yaml"))
@@ -72,3 +74,49 @@ def test_plantmix_download_and_mix_targets():
     assert recipe.dedup.image.threshold == 0.95 and "plantnet" in recipe.dedup.decontamination.eval_sets
     assert recipe.embed.model == "ViT-B-16" and not recipe.embed.random_init  # real weights, not a demo model
     assert recipe.filter.clip_top_fraction == {"plant": 0.7, "general": 0.3}
+
+
+def write_recipe(tmp_path: Path, source: dict, **sections) -> Path:
+    document = {"name": "t", "output_dir": str(tmp_path / "build"), "sources": [source], **sections}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+POOL = {"name": "pool", "adapter": "url_caption_pool", "options": {"path": "pool.csv"}}
+
+
+@pytest.mark.parametrize("name", ["../../outside/pwn", "..", ".", "a/b", "/abs", ".hidden", "-x", "", "a b", "é"])
+def test_a_source_name_that_is_not_a_plain_file_name_is_refused(tmp_path, name):
+    path = write_recipe(tmp_path, {**POOL, "name": name})
+    with pytest.raises(RecipeError, match=r"recipe\.sources\[0\]: name: .* is not a valid source name") as err:
+        load_recipe(path)
+    assert str(path) in str(err.value)
+    assert not (tmp_path / "outside").exists()
+
+
+@pytest.mark.parametrize("name", ["inat", "inat-2023", "gbif.plantnet", "_x", "A1"])
+def test_plain_source_names_load(tmp_path, name):
+    assert load_recipe(write_recipe(tmp_path, {**POOL, "name": name})).sources[0].name == name
+
+
+def test_a_source_domain_typo_is_refused(tmp_path):
+    path = write_recipe(tmp_path, {**POOL, "options": {"path": "pool.csv", "domain": "plants"}})
+    with pytest.raises(RecipeError, match=r"sources\[0\]: options\.domain: unknown domain\(s\) \['plants'\]") as err:
+        load_recipe(path)
+    assert all(domain in str(err.value) for domain in DOMAINS)
+
+
+@pytest.mark.parametrize(
+    ("sections", "key"),
+    [
+        ({"embed": {"random_init": True, "pretrained": None}, "filter": {"clip_top_fraction": {"plants": 0.5}}},
+         r"recipe\.filter: clip_top_fraction: unknown domain\(s\) \['plants'\]"),
+        ({"mixing_law": {"rule": "weighted", "weights": {"plant": 1.0, "genral": 1.0}}},
+         r"recipe\.mixing_law: weights: unknown domain\(s\) \['genral'\]"),
+    ],
+)  # fmt: skip
+def test_a_domain_typo_in_a_per_domain_rule_is_refused(tmp_path, sections, key):
+    with pytest.raises(RecipeError, match=key) as err:
+        load_recipe(write_recipe(tmp_path, POOL, **sections))
+    assert "expected some of ['plant', 'general']" in str(err.value)

@@ -12,12 +12,14 @@ import hashlib
 import math
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipeline.core.layout import SAFE_NAME_RULE, is_safe_name
 from pipeline.core.schema import CAPTION_STYLES
 from pipeline.net.addresses import AllowEntry
 
@@ -40,11 +42,28 @@ class RecipeError(ValueError):
     """A recipe file that does not match the expected shape."""
 
 
+# The domains a row can belong to (the manifest's ``domain``); every per-domain key of a recipe is one of them.
+DOMAINS = ("plant", "general")
+
+
+def check_domain_keys(keys: Iterable[str], where: str) -> None:
+    """A per-domain key that names no domain (``plants``) would exempt that domain's rows silently: refuse it."""
+    unknown = sorted(str(key) for key in keys if key not in DOMAINS)
+    if unknown:
+        raise RecipeError(f"{where}: unknown domain(s) {unknown}; expected some of {list(DOMAINS)}")
+
+
 @dataclass
 class SourceSpec:
     name: str  # registry-independent name of this source in the build, e.g. "inaturalist"
     adapter: str  # adapter name in pipeline/sources/sources.yaml, e.g. "inaturalist", "gbif_dwca"
     options: dict[str, Any] = field(default_factory=dict)  # the adapter's own Config fields
+
+    def __post_init__(self) -> None:
+        if not is_safe_name(self.name):  # it names the crawl's file and folders: never a path out of the build
+            raise RecipeError(f"name: {self.name!r} is not a valid source name; expected {SAFE_NAME_RULE}")
+        if "domain" in self.options:  # adapters with a domain option (pools, folders) take it from the recipe
+            check_domain_keys([self.options["domain"]], "options.domain")
 
 
 @dataclass
@@ -137,6 +156,7 @@ class FilterConfig:
     clip_top_fraction: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_domain_keys(self.clip_top_fraction, "clip_top_fraction")
         for domain, fraction in self.clip_top_fraction.items():
             if not 0 < fraction <= 1:
                 raise RecipeError(f"clip_top_fraction.{domain}: expected a fraction in (0, 1], got {fraction}")
@@ -215,7 +235,6 @@ class DedupConfig:
     decontamination: DecontaminationConfig | None = None
 
 
-DOMAINS = ("plant", "general")
 # License families (the code without its version: cc-by-sa-4.0 -> cc-by-sa) whose images may be repacked. The
 # "no derivatives" licenses are left out: the downloaded copies are resized, which they do not allow.
 REDISTRIBUTABLE_LICENSES = ["cc0", "pdm", "cc-by", "cc-by-sa", "cc-by-nc", "cc-by-nc-sa"]
@@ -330,6 +349,7 @@ class MixingLawConfig:
                               f"got {self.shares}")  # fmt: skip
         if self.rule not in ("critical", "weighted"):
             raise RecipeError(f"rule: expected 'critical' or 'weighted', got {self.rule!r}")
+        check_domain_keys(self.weights, "weights")
 
 
 @dataclass

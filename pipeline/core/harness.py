@@ -9,10 +9,12 @@ Every stage of the build is a :class:`Stage` (datatrove's ``PipelineStep`` is th
 - ``reduce(build, out)``: an optional global step after every unit (thresholds, clustering, the merge).
 
 The harness does everything else, for units and global steps alike: it skips work whose marker exists, refuses
-(or, for cheap global steps, redoes) work whose marker records another fingerprint of the inputs and settings,
-runs the work in a fresh temporary folder, moves all of its files into place and writes the marker last. A crash
-or kill at any point leaves either no marker (the rerun redoes the unit and overwrites its files by name, so
-nothing is duplicated) or a complete unit. The stages are declared once, in order, in :mod:`pipeline.stages`.
+(or, for cheap deterministic work, redoes) work whose marker records another fingerprint of the inputs and
+settings, runs the work in a fresh temporary folder (``<stage>/_tmp/<unit>/<random>`` on a local disk: one folder
+per unit, so units running side by side never clear each other's), moves all of its files into place and writes
+the marker last. A crash or kill at any point leaves either no marker (the rerun redoes the unit and overwrites
+its files by name, so nothing is duplicated) or a complete unit. The stages are declared once, in order, in
+:mod:`pipeline.stages`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, ClassVar
 
 from pipeline.core.config import Recipe
 from pipeline.core.io import is_local, join, listdir_names, publish_files, read_json, url_to_fs, write_json
-from pipeline.core.layout import BuildLayout
+from pipeline.core.layout import BuildLayout, check_safe_name
 from pipeline.core.rules import Rule
 from pipeline.core.version import code_version
 
@@ -70,7 +72,7 @@ class Stage:
     # Units are the units of this earlier stage, one to one: an orchestrator may start unit k as soon as that
     # stage's unit k is done (embed follows download shard by shard).
     follows: ClassVar[str | None] = None
-    # A changed fingerprint on a finished global step: "refuse" (the default, for costly work) or "redo".
+    # A changed fingerprint on finished work (a unit or global step): "refuse" (the default, for costly work) or "redo".
     on_change: ClassVar[str] = "refuse"
     # How often an orchestrator may retry a unit that failed with a transient error (see TRANSIENT_ERRORS).
     retries: ClassVar[int] = 0
@@ -238,7 +240,12 @@ def run_step(
 
 @contextlib.contextmanager
 def _scratch(stage_dir: str, name: str):
-    """A fresh local folder for one attempt; beside the outputs on a local disk, so moving them is a rename."""
+    """A fresh local folder for one attempt; beside the outputs on a local disk, so moving them is a rename.
+
+    Locally it is ``<stage>/_tmp/<name>/<random>``: each unit has a folder of its own, so clearing the leftovers of
+    a killed attempt at ``inat`` can never touch the folder of ``inat-2023`` running beside it.
+    """
+    check_safe_name(name, f"{stage_dir} unit")
     if not is_local(stage_dir):
         tmp = Path(tempfile.mkdtemp(prefix=f"plantmix-{name}-"))
         try:
@@ -247,16 +254,30 @@ def _scratch(stage_dir: str, name: str):
             shutil.rmtree(tmp, ignore_errors=True)
         return
     parent = Path(stage_dir) / "_tmp"
-    for stale in parent.glob(f"{name}-*"):  # leftovers of a killed attempt at this unit
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = parent / f"{name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    unit_dir = parent / name
+    if unit_dir.is_dir():
+        for stale in unit_dir.iterdir():  # leftovers of a killed attempt at this unit, and only this unit
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = _fresh_dir(unit_dir / uuid.uuid4().hex)
     try:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            parent.rmdir()  # only succeeds once no other unit of this stage is in flight
+        for folder in (unit_dir, parent):  # only succeeds once no other attempt is in flight there
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _fresh_dir(path: Path, tries: int = 5) -> Path:
+    """Make ``path`` and its parents; another attempt finishing may remove an emptied parent in between."""
+    for _ in range(tries - 1):
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileNotFoundError:
+            continue
+    path.mkdir(parents=True)
+    return path
 
 
 def stage_report(stage: Stage, build: Build) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Paths on any fsspec filesystem (local, ``s3://``, ``gs://``, ``hf://``), atomic writes and small read helpers.
 
-A reader never sees a half-written file. On a local disk we write to a temporary name in the same directory and
-``os.replace`` it into place (atomic on POSIX). On an object store a single PUT is atomic per object, so a file
-is uploaded whole under its final name; a stage's set of files becomes visible through its completion marker,
-written last (see :mod:`pipeline.core.harness`).
+A reader never sees a half-written file. On a local disk we write to a temporary name in the same directory,
+``fsync`` it, ``os.replace`` it into place (atomic on POSIX) and ``fsync`` the directory, so a power cut leaves the
+old file or the whole new one, never a renamed empty file. On an object store a single PUT is atomic per object,
+so a file is uploaded whole under its final name; a stage's set of files becomes visible through its completion
+marker, written last (see :mod:`pipeline.core.harness`).
 """
 
 from __future__ import annotations
@@ -106,10 +107,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the finished file gets the usual mode
     try:
         yield Path(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def _umask() -> int:
@@ -118,13 +121,43 @@ def _umask() -> int:
     return mask
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file's data to the disk (before a rename makes it visible under its final name)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (the renames into it) to the disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows opens no folder; its renames are journaled by NTFS
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def publish_files(local_dir: Path, dest_dir: str) -> None:
-    """Move every file of ``local_dir`` into ``dest_dir`` under the same name (rename locally, upload otherwise)."""
+    """Move every file of ``local_dir`` into ``dest_dir`` under the same name (rename locally, upload otherwise).
+
+    Locally every file is staged whole first (each fsynced, and the staging folder), then the renames follow one
+    another with no work between them, and the destination folder is fsynced: a crash loses either nothing or only
+    the tail of those renames, never a file's contents. The caller's marker, written after, commits the set.
+    """
     items = sorted(p for p in local_dir.iterdir() if p.is_file())
     if is_local(dest_dir):
         Path(dest_dir).mkdir(parents=True, exist_ok=True)
         for item in items:
+            fsync_file(item)
+        fsync_dir(local_dir)
+        for item in items:
             os.replace(item, Path(dest_dir) / item.name)
+        fsync_dir(dest_dir)
         return
     fs, remote = url_to_fs(dest_dir)
     for item in items:

@@ -28,12 +28,29 @@ or any fsspec URL (``s3://bucket/builds/plantmix-13m``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pipeline.core.io import join, resolve
 
 MANIFEST_FILE = "manifest.parquet"
 SHARD_DIGITS = 5  # shard names have 5 digits, as img2dataset's default
+# A name that becomes one path component (a source's crawl file, a unit's scratch folder): no separator, and no
+# leading dot or dash, so never ``.``, ``..``, a hidden file or something a shell tool reads as an option.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+SAFE_NAME_RULE = "letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+
+
+def is_safe_name(name: object) -> bool:
+    """True when ``name`` may be used as one file or folder name inside the build."""
+    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None and name not in (".", "..")
+
+
+def check_safe_name(name: object, what: str) -> str:
+    """``name`` unchanged, or ValueError naming ``what`` when it could leave its folder (``../x``, ``a/b``)."""
+    if not is_safe_name(name):
+        raise ValueError(f"{what}: {name!r} cannot be a file name in the build; expected {SAFE_NAME_RULE}")
+    return name
 
 
 def shard_name(shard_id: int) -> str:
@@ -53,7 +70,7 @@ class BuildLayout:
 
     def unit_file(self, stage: str, unit: str, suffix: str = ".parquet") -> str:
         """``<root>/<stage>/<unit><suffix>``: a stage's own per-unit Parquet by default."""
-        return join(self.root, stage, f"{unit}{suffix}")
+        return join(self.root, stage, f"{check_safe_name(unit, f'{stage} unit')}{suffix}")
 
     def stage_files(self, stage: str, units: list[str], suffix: str = ".parquet") -> list[str]:
         return [self.unit_file(stage, unit, suffix) for unit in units]

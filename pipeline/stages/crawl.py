@@ -5,10 +5,16 @@ Units are the recipe's sources; each writes ``crawl/<source>.parquet`` with ever
 the adapter's order, so download plans and sample ids are identical on every rerun. A record id that appears
 twice in an export keeps its first row; each repeat is kept too, as ``rejected`` with the row it repeats and an
 id of its own. Repeats are found by one DuckDB aggregation over the written rows, not by a dict of every id.
+
+The fingerprint holds the source's options and the state of its input files (size and modification time, or the
+object store's ETag), so an export updated in place is never silently reused: the crawl refuses it
+(``StageMismatch``), as it refuses changed options, and the build stays one consistent snapshot (a new export is
+a new build folder). Redoing the crawl alone would leave downloads made from the old rows beside new ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,10 +28,16 @@ import pyarrow.parquet as pq
 from pipeline.core import duck, schema
 from pipeline.core.config import SourceSpec
 from pipeline.core.harness import Build, Stage
+from pipeline.core.io import join, url_to_fs
 from pipeline.sources.base import CrawlContext
 from pipeline.sources.registry import read_source
 
 BATCH_ROWS = 8_192  # adapter rows held as Python dicts before they are written out (sets the crawl's peak memory)
+# Adapter options that name input files (a file, a folder read recursively, or a glob), as the adapters' Config
+# fields in pipeline/sources/ declare them; ``common_names`` is relative to ``directory`` unless absolute.
+INPUT_OPTIONS = ("path", "directory", "common_names")
+# What tells one version of a file from another, by filesystem: local mtime, S3 / GCS / HF content tags, dates.
+VERSION_KEYS = ("mtime", "ETag", "etag", "md5Hash", "blob_id", "LastModified", "last_modified", "updated")
 
 
 class CrawlStage(Stage):
@@ -39,7 +51,7 @@ class CrawlStage(Stage):
 
     def provenance(self, build: Build, unit: str) -> dict[str, Any]:
         spec = _spec(build, unit)
-        return {"source": spec.name, "adapter": spec.adapter, "options": spec.options}
+        return {"source": spec.name, "adapter": spec.adapter, "options": spec.options, "inputs": input_state(spec)}
 
     def decides(self, build: Build, unit: str) -> Any:
         return {"stage": self.name, **self.provenance(build, unit), "caption_style": build.recipe.caption_style}
@@ -59,6 +71,42 @@ class CrawlStage(Stage):
             con.sql(f"SELECT status, count(*) FROM read_parquet({duck.literal(final)}) GROUP BY 1").fetchall()
         )
         return {"rows": sum(counts.values()), "status": dict(sorted(counts.items()))}
+
+
+def input_state(spec: SourceSpec) -> dict[str, Any]:
+    """Per input option: how many files it names, their bytes and a digest of (path, size, version) of each."""
+    options = spec.options
+    state = {}
+    for key in INPUT_OPTIONS:
+        location = options.get(key)
+        if not isinstance(location, str) or not location:
+            continue
+        if key == "common_names" and isinstance(options.get("directory"), str) and not _absolute(location):
+            location = join(options["directory"], location)
+        state[key] = _files_state(location)
+    return state
+
+
+def _absolute(location: str) -> bool:
+    return "://" in location or Path(location).is_absolute()
+
+
+def _files_state(location: str) -> dict[str, Any]:
+    fs, path = url_to_fs(location)
+    if fs.isdir(path):
+        infos = fs.find(path, detail=True).values()
+    elif any(char in path for char in "*?["):  # a glob of files (the pool adapter takes one)
+        infos = fs.glob(path, detail=True).values()
+    elif fs.exists(path):
+        infos = [fs.info(path)]
+    else:
+        return {"missing": location}  # the adapter names it when the crawl runs
+    digest, files, size = hashlib.sha256(), 0, 0
+    for info in sorted((i for i in infos if i.get("type") != "directory"), key=lambda i: i["name"]):
+        version = next((info[k] for k in VERSION_KEYS if info.get(k) is not None), None)
+        digest.update(f"{info['name']}\t{info.get('size')}\t{version}\n".encode())
+        files, size = files + 1, size + int(info.get("size") or 0)
+    return {"files": files, "bytes": size, "sha256": digest.hexdigest()[:16]}
 
 
 def _spec(build: Build, unit: str) -> SourceSpec:

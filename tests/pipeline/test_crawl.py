@@ -1,6 +1,11 @@
-"""Crawl stage: every input row becomes one candidate row, repeats are rejected with the row they repeat."""
+"""Crawl stage: every input row becomes one candidate row, repeats are rejected with the row they repeat; an
+updated export or changed options are refused, never reused; sources whose names share a prefix crawl side by side."""
 
 from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.parquet as pq
 import pytest
@@ -50,10 +55,87 @@ def test_many_repeats_across_batches_keep_order_and_first_rows(tmp_path, monkeyp
     assert len({r["sample_id"] for r in table}) == 45
 
 
+def crawled(tmp_path, source: str = "pool") -> list[dict]:
+    return pq.read_table(tmp_path / "build" / "crawl" / f"{source}.parquet").to_pylist()
+
+
 def test_a_changed_caption_style_is_not_silently_reused(tmp_path):
     recipe = pool_recipe(tmp_path, [("a", "http://h/1.jpg", "one two")])
-    crawl_source(recipe)
-    crawl_source(recipe)  # same recipe: reused
+    first = crawl_source(recipe)
+    assert crawl_source(recipe) == first  # same recipe: reused
     other = pool_recipe(tmp_path, [("a", "http://h/1.jpg", "one two")], caption_style="bioclip_scientific")
-    with pytest.raises(StageMismatch):
+    with pytest.raises(StageMismatch, match="other inputs or settings"):
         crawl_source(other)
+
+
+def test_an_export_updated_in_place_is_refused_not_reused(tmp_path):
+    recipe = pool_recipe(tmp_path, [("a", "http://h/1.jpg", "one two")])
+    assert crawl_source(recipe)["stats"]["rows"] == 1
+    with open(tmp_path / "pool.csv", "a") as f:  # the same file, one more row
+        f.write("b,http://h/2.jpg,three four\n")
+    with pytest.raises(StageMismatch, match="other inputs or settings"):
+        crawl_source(recipe)
+    assert [r["source_record_id"] for r in crawled(tmp_path)] == ["a"]  # the build is left as it was
+
+
+def test_an_export_rewritten_with_the_same_size_is_refused(tmp_path):
+    recipe = pool_recipe(tmp_path, [("a", "http://h/1.jpg", "one two")])
+    crawl_source(recipe)
+    pool = tmp_path / "pool.csv"
+    pool.write_text(pool.read_text().replace("one two", "six ten"))
+    stat = pool.stat()
+    os.utime(pool, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a later write, whatever the clock
+    with pytest.raises(StageMismatch):
+        crawl_source(recipe)
+    recipe.output_dir = str(tmp_path / "new-build")  # a new export is a new build
+    crawl_source(recipe)
+    assert pq.read_table(tmp_path / "new-build" / "crawl" / "pool.parquet")["caption"].to_pylist() == ["six ten"]
+
+
+def test_an_input_folder_counts_every_file_in_it(tmp_path):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    (folder / "a.csv").write_text("uid,url,caption\na,http://h/1.jpg,one two\n")
+    spec = SourceSpec("pool", "url_caption_pool", {"path": str(folder), "id_col": "uid"})
+    before = crawl.input_state(spec)
+    (folder / "b.csv").write_text("uid,url,caption\nb,http://h/2.jpg,three four\n")
+    after = crawl.input_state(spec)
+    assert before["path"]["files"] == 1 and after["path"]["files"] == 2 and before != after
+    assert crawl.input_state(SourceSpec("pool", "url_caption_pool", {"path": str(tmp_path / "nope.csv")})) == {
+        "path": {"missing": str(tmp_path / "nope.csv")}
+    }
+
+
+def test_sources_with_a_shared_name_prefix_crawl_side_by_side(tmp_path, monkeypatch):
+    """``inat`` starts while ``inat-2023`` is mid-crawl; clearing inat's leftovers must not touch inat-2023's
+    scratch folder (the old ``_tmp/inat-*`` glob removed it), and both crawl files come out whole."""
+    names = ("inat-2023", "inat")
+    specs = []
+    for k, name in enumerate(names):
+        pool = tmp_path / f"{name}.csv"
+        pool.write_text("uid,url,caption\n" + "".join(f"{name}{i},http://h/{k}/{i}.jpg,cap {i}\n" for i in range(5)))
+        specs.append(SourceSpec(name, "url_caption_pool", {"path": str(pool), "id_col": "uid"}))
+    recipe = Recipe(name="t", output_dir=str(tmp_path / "build"), sources=specs)
+    started = {name: threading.Event() for name in names}
+    read_source = crawl.read_source
+
+    def paced(adapter, options, ctx):
+        started[options["name"]].set()
+        if options["name"] == "inat-2023":  # hold the crawl open until inat has cleared its leftovers and begun
+            assert started["inat"].wait(20)
+        yield from read_source(adapter, options, ctx)
+
+    monkeypatch.setattr(crawl, "read_source", paced)
+    build, stage = Build.of(recipe), crawl.CrawlStage()
+
+    def run(name: str) -> dict:
+        if name == "inat":
+            assert started["inat-2023"].wait(20)
+        return run_unit(stage, build, name)
+
+    with ThreadPoolExecutor(2) as pool:
+        records = dict(zip(names, pool.map(run, names), strict=True))
+    for name in names:
+        assert records[name]["stats"] == {"rows": 5, "status": {"pending": 5}}
+        assert [r["source_record_id"] for r in crawled(tmp_path, name)] == [f"{name}{i}" for i in range(5)]
+    assert not (tmp_path / "build" / "crawl" / "_tmp").exists()

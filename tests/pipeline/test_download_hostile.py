@@ -15,7 +15,6 @@ import psutil
 import pyarrow.parquet as pq
 
 from pipeline.stages.download.quarantine import row_being_decoded
-
 from tests.hostile_host import WIKI_PATH, HostileHost
 from tests.pipeline.helpers import candidates, recipe_with
 from tests.pipeline.helpers import run_after_crawl as run_all

@@ -1,6 +1,7 @@
 """The judge's merge by groups of download shards: the same manifest whatever the group size, rejected rows and
 crawl files at group edges, duplicate pointers and CLIP thresholds across groups, and a plan that does not follow
-the crawl refused. The build is written by hand (crawl, plan, download, embed, dedup files), so no stage runs."""
+the crawl or download results that miss planned rows refused. The build is written by hand (crawl, plan, download,
+embed, dedup files), so no stage runs."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def crawl_rows(source: str, n: int, rejected: set[int]) -> pa.Table:
 
 
 def download_rows(plan: pa.Table, shard: str) -> pa.Table:
-    """Every third planned row failed; the shard's last row has no result at all (the downloader lost it)."""
-    ids = plan["sample_id"].to_pylist()[: max(plan.num_rows - 1, 1) if shard == "00002" else plan.num_rows]
+    """One result per planned row; every third failed."""
+    ids = plan["sample_id"].to_pylist()
     rows = [
         dict(sample_id=s, status="failed_download" if k % 3 == 2 else "ok", error="HTTP 404" if k % 3 == 2 else None,
              width=64, height=64, original_width=100 + k, original_height=100, shard=f"download/{shard}.tar",
@@ -137,8 +138,8 @@ def test_every_group_size_gives_the_same_manifest_in_crawl_order(build):
     by_id = {r["sample_id"]: r for r in whole.to_pylist()}
     assert [by_id[sid("a", i)]["status"] for i in (0, 1, 5, 13)] == ["rejected"] * 4
     assert by_id[sid("a", 5)]["error"] == "bad url"
-    lost = [r for r in whole.to_pylist() if r["error"] == "no result from the downloader for this row"]
-    assert len(lost) == 1 and lost[0]["status"] == "failed_download"
+    failed = [r for r in whole.to_pylist() if r["status"] == "failed_download"]
+    assert failed and all(r["error"] == "HTTP 404" for r in failed)
 
 
 def test_the_manifest_has_the_schema_and_the_footer_metadata(build):
@@ -190,4 +191,29 @@ def test_download_rows_outside_their_shards_crawl_range_are_refused(build, tmp_p
     (tmp_path / "scratch").mkdir()
     merge = GroupedMerge(duck.connect(), bad, tmp_path / "scratch", group_shards=2)
     with pytest.raises(ManifestError, match="not pending crawl rows"):
+        write_manifest(merge, rules_for(FilterConfig(), {}), tmp_path / "manifest.parquet")
+
+
+def merge_with_downloads(inputs: MergeInputs, downloads: list[str], scratch: Path) -> GroupedMerge:
+    bad = MergeInputs(inputs.crawl_files, inputs.shards, inputs.plan_files, downloads, inputs.stages)
+    scratch.mkdir()
+    return GroupedMerge(duck.connect(), bad, scratch, group_shards=2)
+
+
+def test_a_planned_row_without_a_download_result_names_its_shard_file(build, tmp_path):
+    """The downloader lost one row of shard 00002: no silent failed_download, an error naming that file."""
+    _, inputs = build
+    lossy = tmp_path / "00002.parquet"
+    pq.write_table(pq.read_table(inputs.download_files[2]).slice(1), lossy)
+    downloads = [*inputs.download_files[:2], str(lossy), *inputs.download_files[3:]]
+    merge = merge_with_downloads(inputs, downloads, tmp_path / "scratch")
+    with pytest.raises(ManifestError, match=r"download results missing: .*00002\.parquet lacks 1 planned row"):
+        write_manifest(merge, rules_for(FilterConfig(), {}), tmp_path / "manifest.parquet")
+
+
+def test_a_missing_download_result_file_is_named(build, tmp_path):
+    _, inputs = build
+    downloads = [*inputs.download_files[:3], str(tmp_path / "gone" / "00003.parquet"), *inputs.download_files[4:]]
+    merge = merge_with_downloads(inputs, downloads, tmp_path / "scratch")
+    with pytest.raises(ManifestError, match=r"download results missing for planned shards: .*gone/00003\.parquet"):
         write_manifest(merge, rules_for(FilterConfig(), {}), tmp_path / "manifest.parquet")

@@ -1,8 +1,11 @@
 """Judge stage: one global step that merges every stage's output into the manifest and applies the rules.
 
 Writes ``manifest.parquet`` (one row per candidate, ``keep`` and the first failed rule as ``drop_reason``),
-``summary.json`` and ``build.json`` at the root of the build. It is cheap and deterministic, so a changed recipe
-(other filter rules, say) redoes it instead of refusing.
+``summary.json`` and ``build.json`` at the root of the build. All three are written into the step's scratch folder
+first and published together (each fsynced, then renamed into place) only once the merge, its checks and the
+summary have succeeded: a failure leaves the previous three as they were, never an old summary beside a new
+manifest. It is cheap and deterministic, so a changed recipe (other filter rules, say) redoes it instead of
+refusing.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core import schema
 from pipeline.core.duck import file_list, literal
+from pipeline.core.io import exists
 from pipeline.core.rules import Rule, drop_reason_sql
 
 DOWNLOAD_COLUMNS = ["status", "error", *(f.name for f in schema.DOWNLOAD_FIELDS)]
@@ -99,7 +100,12 @@ class GroupedMerge:
         con, inputs = self.con, self.inputs
         crawl = crawl_range_sql(inputs.crawl_files, group.start, group.stop)
         con.execute(f"CREATE OR REPLACE TEMP VIEW group_candidates AS {crawl}")
-        _view(con, "downloads", [inputs.download_files[k] for k in group.shards], ["sample_id", *DOWNLOAD_COLUMNS])
+        downloads = [inputs.download_files[k] for k in group.shards]
+        missing = [path for path in downloads if not exists(path)]
+        if missing:
+            raise ManifestError(f"download results missing for planned shards: {missing[:5]} ({len(missing)} "
+                                "file(s)); run the download stage for them again")  # fmt: skip
+        _view(con, "downloads", downloads, ["sample_id", *DOWNLOAD_COLUMNS])
         joins, filled = [], {}
         for i, (stage, files) in enumerate(self.per_shard):
             _view(con, f"stage_{i}", [f for k in group.shards if (f := files[k])], ["sample_id", *stage.columns])
@@ -264,12 +270,10 @@ def merged_sql(joins: list[str], joined: dict[str, str]) -> str:
     -> SQL; a column nothing fills is NULL), in manifest column order, with its ``order_``."""
     filled = {c: "c." + c for c in (f.name for f in schema.CANDIDATE_FIELDS) if c not in ("status", "error")}
     filled |= {f.name: "d." + f.name for f in schema.DOWNLOAD_FIELDS} | joined
-    pending, failed = literal(schema.STATUS_PENDING), literal(schema.STATUS_FAILED_DOWNLOAD)
-    no_result = literal("no result from the downloader for this row")
-    columns = [  # a row the crawl rejected keeps its status; a pending row takes the download's
-        f"CASE WHEN c.status <> {pending} THEN c.status ELSE coalesce(d.status, {failed}) END AS status",
-        f"CASE WHEN c.status <> {pending} THEN c.error WHEN d.sample_id IS NULL THEN {no_result} "
-        "ELSE d.error END AS error",
+    pending = literal(schema.STATUS_PENDING)
+    columns = [  # a row the crawl rejected keeps its status; a pending row takes the download's (check_downloads)
+        f"CASE WHEN c.status <> {pending} THEN c.status ELSE d.status END AS status",
+        f"CASE WHEN c.status <> {pending} THEN c.error ELSE d.error END AS error",
     ]
     for field in schema.MANIFEST_SCHEMA:
         if field.name not in ("status", "error", "keep", "drop_reason"):
@@ -316,8 +320,9 @@ def write_manifest(merge: GroupedMerge, rules: list[Rule], out: Path, metadata: 
 
 
 def check_downloads(con: duckdb.DuckDBPyConnection, inputs: MergeInputs, group: Group) -> None:
-    """Every download row of the group's shards is one pending candidate of the group's crawl range: a sample_id
-    held twice, or one whose candidate is elsewhere, would silently lose its download outcome."""
+    """Every download row of the group's shards is one pending candidate of the group's crawl range, and every
+    pending candidate there has one: a sample_id held twice, or one whose candidate is elsewhere, would silently
+    lose its download outcome; a candidate without one would pass for a failed download."""
     repeated = con.sql("SELECT sample_id FROM downloads GROUP BY 1 HAVING count(*) > 1 LIMIT 5").fetchall()
     if repeated:
         raise ManifestError(f"download results hold some sample_ids more than once: {[r[0] for r in repeated]}")
@@ -332,6 +337,29 @@ def check_downloads(con: duckdb.DuckDBPyConnection, inputs: MergeInputs, group: 
             f"download results of shards {shards[0]}..{shards[-1]} hold sample_ids that are not pending crawl rows "
             f"of those shards' crawl range: {[r[0] for r in stray]}"
         )
+    check_results_cover_plans(con, inputs, group)
+
+
+def check_results_cover_plans(con: duckdb.DuckDBPyConnection, inputs: MergeInputs, group: Group) -> None:
+    """Every pending candidate of the group has a download row; else name the shard files that lack rows.
+
+    One anti-join of the group's candidates; only when it finds rows are the plans read to say which shard lost them
+    (a candidate no plan holds is named as such: the plan is then out of date)."""
+    pending = f"SELECT sample_id FROM group_candidates WHERE status = {literal(schema.STATUS_PENDING)}"
+    lost = con.sql(f"SELECT count(*) FROM ({pending}) ANTI JOIN downloads USING (sample_id)").fetchall()[0][0]
+    if not lost:
+        return
+    plans = [inputs.plan_files[k] for k in group.shards]
+    per_plan = con.sql(
+        f"""SELECT filename, count(*), min(sample_id) FROM read_parquet({file_list(plans)}, filename = true)
+            ANTI JOIN downloads USING (sample_id) GROUP BY 1 ORDER BY 1"""
+    ).fetchall()
+    shard_of = {plan: inputs.download_files[k] for plan, k in zip(plans, group.shards, strict=True)}
+    named = [f"{shard_of.get(plan, plan)} lacks {n} planned row(s) (e.g. {example})" for plan, n, example in per_plan]
+    unplanned = lost - sum(n for _, n, _ in per_plan)
+    if unplanned > 0:
+        named.append(f"{unplanned} pending crawl row(s) of this range are in no plan; plan the download again")
+    raise ManifestError(f"download results missing: {'; '.join(named[:5])}; run the download stage for them again")
 
 
 def check_manifest(con: duckdb.DuckDBPyConnection, manifest: Path) -> None:
