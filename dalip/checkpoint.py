@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.models.safe_load import load_checkpoint_safely
+
 LATEST = "latest.txt"
 
 
@@ -62,5 +64,5 @@ def resolve_resume(resume: str, directory: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    # Our own files hold RNG states (numpy arrays, tuples), which the weights-only unpickler refuses.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """Weights-only load (numpy RNG states allowed); a file that would run code raises ``UnsafeCheckpoint``."""
+    return load_checkpoint_safely(path, map_location=map_location)

@@ -15,6 +15,7 @@ import open_clip
 import torch
 
 from pipeline.core.config import EmbedConfig
+from pipeline.models.safe_load import load_checkpoint_safely
 
 _cache: dict[tuple, tuple[Any, Any, Any]] = {}
 _lock = threading.Lock()
@@ -47,8 +48,8 @@ def _load(config: EmbedConfig) -> tuple[torch.nn.Module, Any, Any]:
 
 
 def _open_clip_state(path: Path) -> dict[str, torch.Tensor]:
-    # A local file the user named; DALIP checkpoints also hold optimizer and RNG state, hence the full unpickle.
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    # A local file the user named: loaded weights-only, so a hostile file is refused rather than run.
+    payload = load_checkpoint_safely(path)
     state = payload.get("model", payload.get("state_dict", payload)) if isinstance(payload, dict) else payload
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("clip.") for k in state):  # a DalipModel: keep its open_clip part

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -53,13 +55,26 @@ def test_folder_tree_gives_top1_top5_for_f_z_and_both(checkpoint: str, tmp_path:
 
 def test_manifest_heldout_taxa(checkpoint: str, tmp_path: Path) -> None:
     names = class_names()
-    held = (names.index("teal striped"), names.index("violet spotted"))
-    dropped = tuple(i for i in range(40) if i % len(names) in held)  # every row of two taxa is dropped
+    held = names[:18:3]  # six taxa, so top-5 is not trivially 100
+    dropped = tuple(i for i in range(40) if names[i % len(names)] in held)  # every row of those taxa is dropped
     manifest = write_dataset(tmp_path, n_shards=2, per_shard=20, dropped=dropped)
-    assert heldout_taxa(manifest) == ["teal striped", "violet spotted"]
+    assert heldout_taxa(manifest) == sorted(held)
     report = main(["--checkpoint", checkpoint, "--manifest", str(manifest), "--templates", "simple"])
-    assert report["num_classes"] == 2 and report["num_images"] == len(dropped)
-    assert report["results"]["both"]["top5"] == 100.0  # two classes: the answer is always in the top 5
+    assert report["num_classes"] == 6 and report["num_images"] == len(dropped) == 12
+    # The same images as a folder-per-class tree: the manifest reader must pair each image with its own taxon.
+    folders = _held_out_images_as_folders(manifest, tmp_path / "classes")
+    by_folder = main(["--checkpoint", checkpoint, "--classes", str(folders), "--templates", "simple"])
+    assert by_folder["num_images"] == 12 and report["results"] == by_folder["results"]
     explicit = main(["--checkpoint", checkpoint, "--manifest", str(manifest), "--taxa", "crimson striped",
                      "olive banded", "orange checkered"])  # fmt: skip
     assert explicit["num_classes"] == 3 and explicit["num_images"] == 6
+
+
+def _held_out_images_as_folders(manifest: Path, root: Path) -> Path:
+    for row in pq.read_table(manifest).to_pylist():
+        if not row["keep"]:
+            folder = root / row["scientific_name"].replace(" ", "_")
+            folder.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(manifest.parent / row["shard"]) as tar:
+                (folder / f"{row['key']}.jpg").write_bytes(tar.extractfile(f"{row['key']}.jpg").read())
+    return root
