@@ -10,12 +10,17 @@ import math
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import psutil
 import pyarrow.parquet as pq
 
+from pipeline import runner
+from pipeline.core.config import DownloadConfig, Recipe, SourceSpec
 from pipeline.stages.download.quarantine import row_being_decoded
 from tests.hostile_host import WIKI_PATH, HostileHost
+from tests.http_host import jpeg_bytes
 from tests.pipeline.helpers import candidates, recipe_with
 from tests.pipeline.helpers import run_after_crawl as run_all
 
@@ -64,7 +69,10 @@ class OomKiller:
     def watch(self) -> None:
         armed = True  # after a kill, wait for a new decode of the row (the journal still names it)
         while not self.stop.is_set():
-            decoding = [row_being_decoded(journal) for journal in self.build.rglob("*.decoding")]
+            try:
+                decoding = [row_being_decoded(journal) for journal in self.build.rglob("*.decoding")]
+            except OSError:  # a temporary folder vanished while being listed
+                decoding = []
             if armed and self.row_key in decoding:
                 for child in psutil.Process().children(recursive=True):
                     if "pipeline.core.workers" in " ".join(child.cmdline()):
@@ -95,3 +103,27 @@ def test_a_row_that_kills_its_worker_is_quarantined_and_the_build_finishes(tmp_p
     assert [r["status"] for r in manifest] == ["ok", "quarantined", "ok", "ok"], manifest
     assert "died 2 times while decoding" in manifest[1]["error"]
     assert killer.kills == 2 and host.hits["/huge.png"] == 2  # fetched for the two deaths, then never again
+
+
+def test_a_local_folder_source_reads_its_own_files_and_nothing_else(tmp_path):
+    """file:// is read only inside the recipe's local-folder directories; a symlink out of one is blocked."""
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    photos.mkdir()
+    elsewhere.mkdir()
+    for name in ("a", "b"):
+        (photos / f"{name}.jpg").write_bytes(jpeg_bytes(3))
+        (photos / f"{name}.txt").write_text(f"a photo of plant {name}")
+    (elsewhere / "secret.jpg").write_bytes(jpeg_bytes(4))
+    (photos / "link.jpg").symlink_to(elsewhere / "secret.jpg")  # crawled as a file of the folder
+    (photos / "link.txt").write_text("a linked photo")
+    source = SourceSpec("photos", "local_folder", {"directory": str(photos), "default_license": "cc0-1.0",
+                                                   "follow_symlinks": True})  # fmt: skip
+    outside = {(photos / "b.jpg").as_uri(): (elsewhere / "secret.jpg").as_uri()}
+    download = DownloadConfig(image_size=64, shard_size=8, thread_count=2, retries=0, url_rewrite=outside)
+    recipe = Recipe(name="t", output_dir=str(tmp_path / "build"), sources=[source], download=download)
+    result = runner.run_build(recipe)
+    rows = {Path(url2pathname(urlsplit(r["url"]).path)).name: r for r in
+            pq.read_table(result["manifest"], columns=["url", "status", "error"]).to_pylist()}  # fmt: skip
+    assert rows["a.jpg"]["status"] == "ok"
+    assert rows["b.jpg"]["status"] == "blocked"  # rewritten to a file outside the folder
+    assert rows["link.jpg"]["status"] == "blocked", rows["link.jpg"]  # resolves outside the folder

@@ -31,6 +31,7 @@ from pipeline.stages.download.quarantine import DeathLog, row_being_decoded
 from pipeline.stages.download.results import download_rows
 
 JOB_HANDLER = "pipeline.stages.download.job:run_job"
+LOCAL_FOLDER_ADAPTER = "local_folder"
 MAX_WORKER_DEATHS = 12  # per shard attempt: beyond this the cause is not a few hostile rows
 # Download settings that change a shard's output (the others only change how fast or politely it is made).
 OUTPUT_SETTINGS = (
@@ -87,7 +88,7 @@ class DownloadStage(Stage):
         input_file = out / f"{unit}.input.arrow"
         with pa.OSFile(str(input_file), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-        run_isolated(config, out, int(unit), input_file)
+        run_isolated(config, out, int(unit), input_file, local_roots(build))
         input_file.unlink(missing_ok=True)
         i2d_file = out / f"{unit}.img2dataset.parquet"
         (out / f"{unit}.parquet").rename(i2d_file)
@@ -100,7 +101,14 @@ class DownloadStage(Stage):
         return {"rows": rows.num_rows, "status": dict(sorted(status.items()))}
 
 
-def run_isolated(config: DownloadConfig, out: Path, shard_id: int, input_file: Path) -> None:
+def local_roots(build: Build) -> list[str]:
+    """Folders of the recipe's local-folder sources: the only ``file://`` URLs the download reads."""
+    return [spec.options["directory"] for spec in build.recipe.sources if spec.adapter == LOCAL_FOLDER_ADAPTER]
+
+
+def run_isolated(
+    config: DownloadConfig, out: Path, shard_id: int, input_file: Path, roots: list[str] | None = None
+) -> None:
     """Run img2dataset on one shard in a worker child, bounded by the shard deadline.
 
     When the worker dies while decoding a row, the shard is rerun; a row blamed by two deaths is quarantined
@@ -111,7 +119,7 @@ def run_isolated(config: DownloadConfig, out: Path, shard_id: int, input_file: P
     deaths = DeathLog()
     while True:
         spec = {"config": dataclasses.asdict(config), "shard_id": shard_id, "input": str(input_file),
-                "journal": str(journal), "quarantine": deaths.quarantined}  # fmt: skip
+                "journal": str(journal), "quarantine": deaths.quarantined, "local_roots": roots or []}  # fmt: skip
         job.write_text(json.dumps(spec))
         journal.unlink(missing_ok=True)  # a death before the child opens its journal blames no row
         try:

@@ -41,7 +41,8 @@ def run_job(job_file: Path) -> bool:
     """Download the shard a job file describes into the input's folder.
 
     Job keys: ``config``, ``shard_id``, ``input`` (Arrow IPC file), ``journal`` (decode journal path),
-    ``quarantine`` (row key -> reason: rows answered with that reason, never fetched).
+    ``quarantine`` (row key -> reason: rows answered with that reason, never fetched), ``local_roots`` (folders
+    of local-folder sources).
     """
     job = json.loads(job_file.read_text())
     config = DownloadConfig(**job["config"])
@@ -51,7 +52,7 @@ def run_job(job_file: Path) -> bool:
     journal = DecodeJournal(Path(job["journal"]))
     try:
         downloader = _make_downloader(config, input_file.parent, column_list, journal)
-        policy = host_policy(config)
+        policy = host_policy(config, local_roots=[Path(root) for root in job.get("local_roots", [])])
         policy.quarantined = {int(k): reason for k, reason in job.get("quarantine", {}).items()}
         with politeness.installed(policy):
             ok, _ = downloader((job["shard_id"], str(input_file)))
@@ -60,8 +61,11 @@ def run_job(job_file: Path) -> bool:
     return ok
 
 
-def host_policy(config: DownloadConfig) -> politeness.HostPolicy:
-    """The recipe's fetch policy and politeness for one download process (one client, shared by its threads)."""
+def host_policy(config: DownloadConfig, local_roots: list[Path] = ()) -> politeness.HostPolicy:
+    """The recipe's fetch policy and politeness for one download process (one client, shared by its threads).
+
+    ``local_roots``: the folders of the recipe's local-folder sources, the only ``file://`` URLs read.
+    """
     client = GuardedClient(
         AddressGuard.allowing(config.allow_local_hosts),
         FetchLimits(
@@ -81,6 +85,7 @@ def host_policy(config: DownloadConfig) -> politeness.HostPolicy:
         max_image_area=config.max_image_area,
         max_requests_per_second=config.max_requests_per_host_per_second,
         host_rate_overrides=config.host_rate_overrides,
+        local_roots=tuple(root.resolve() for root in local_roots),
     )
 
 

@@ -31,7 +31,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import img2dataset.downloader as i2d_downloader
 import urllib3
@@ -39,8 +41,8 @@ from PIL import Image
 from protego import Protego
 
 from pipeline.net.addresses import BlockedAddress
-from pipeline.net.client import TOO_LARGE_PREFIX, GuardedClient, HTTPStatusError
-from pipeline.net.urls import checked_uri
+from pipeline.net.client import TOO_LARGE_PREFIX, FetchRefused, GuardedClient, HTTPStatusError
+from pipeline.net.urls import BLOCKED_URL_PREFIX, UnsafeURL, checked_uri
 from pipeline.stages.download.quarantine import RowBytes
 from pipeline.stages.download.results import ROBOTS_ERROR_PREFIX, ROBOTS_UNREACHABLE_PREFIX
 
@@ -79,6 +81,8 @@ class HostPolicy:
     host_rate_overrides: dict[str, float] = field(default_factory=dict)  # netloc -> requests/s
     robots_retry_seconds: float = 60.0
     quarantined: dict[int, str] = field(default_factory=dict)  # row key -> reason (see .quarantine): not fetched
+    # Folders of the recipe's local-folder sources: the only places a file:// URL may be read from.
+    local_roots: tuple[Path, ...] = ()
     _robots: dict[str, tuple[Protego | None, float]] = field(default_factory=dict, repr=False)
     _next_slot: dict[str, float] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -131,6 +135,19 @@ class HostPolicy:
             raise RobotsRefused(verdict)
         self.wait_turn(url)
 
+    def read_local(self, url: str) -> bytes:
+        """A local-folder source's own file (``file://``), capped like a response; anything else is blocked."""
+        parts = urlsplit(url)
+        path = Path(url2pathname(parts.path)).resolve()  # symlinks resolved: a link cannot lead outside a root
+        if parts.netloc not in ("", "localhost") or not any(path.is_relative_to(root) for root in self.local_roots):
+            raise UnsafeURL(f"{BLOCKED_URL_PREFIX}: {url[:200]} is not a file of a local-folder source of this recipe")
+        limit = self.client.limits.max_bytes
+        with open(path, "rb") as f:
+            body = f.read(limit + 1)
+        if len(body) > limit:
+            raise FetchRefused(f"{TOO_LARGE_PREFIX}: {url[:200]} is larger than {limit} bytes")
+        return body
+
     def image_area_verdict(self, body: bytes) -> str | None:
         """Refuse an image whose header declares too many pixels, before img2dataset decodes it whole."""
         if math.isinf(self.max_image_area):
@@ -177,6 +194,10 @@ def polite_fetch(row, timeout, user_agent_token, disallowed_header_directives):
     if key in policy.quarantined:
         return key, None, policy.quarantined[key]
     try:
+        if url.startswith("file:"):
+            body = policy.read_local(url)
+            verdict = policy.image_area_verdict(body)
+            return (key, None, verdict) if verdict else (key, RowBytes(body, key), None)
         uri = checked_uri(url)
         verdict = policy.robots_verdict(uri)
         if verdict:
