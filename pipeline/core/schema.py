@@ -56,7 +56,8 @@ CANDIDATE_FIELDS = [
     pa.field("source", pa.string(), nullable=False),  # registry name, e.g. "inaturalist"
     pa.field("source_record_id", pa.string()),  # e.g. iNaturalist photo id, GBIF occurrence id + media index
     pa.field("domain", pa.string(), nullable=False),  # "plant" or "general"
-    pa.field("url", pa.string()),  # image URL
+    pa.field("url", pa.string()),  # image URL, as a URI (an export's IRI percent-encoded, IDN host in ASCII)
+    pa.field("url_original", pa.string()),  # the URL as the export wrote it, where that differs from ``url``
     pa.field("page_url", pa.string()),  # page that shows the image
     pa.field("caption", pa.string()),  # the caption chosen by the recipe's caption style
     pa.field("caption_kind", pa.string()),  # dalip | bioclip_* | alt | title | sidecar | ...

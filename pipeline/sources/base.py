@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pipeline.core.schema import CANDIDATE_SCHEMA, STATUS_PENDING, STATUS_REJECTED, TAXONOMY_RANKS, sample_id_for
+from pipeline.net.urls import UnsafeURL, to_uri
 from pipeline.sources import captions, licenses
 
 CANDIDATE_COLUMNS = tuple(CANDIDATE_SCHEMA.names)
@@ -132,6 +133,14 @@ def build_row(partial: Mapping[str, Any], ctx: CrawlContext, allowed_schemes: tu
         reject(
             row, "url", f"URL scheme {scheme or '(none)'!r} not allowed (allowed: {', '.join(schemes)}): {url[:200]}"
         )
+    else:
+        try:
+            uri = to_uri(url)  # the IRI as a client sends it; the export's spelling kept beside it
+        except UnsafeURL as err:
+            reject(row, "url", str(err))
+        else:
+            if uri != url:
+                row["url"], row["url_original"] = uri, url
 
     raw_license = row["license"]
     try:

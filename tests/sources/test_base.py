@@ -114,3 +114,24 @@ def test_url_surrounding_whitespace_is_stripped(ctx):
     assert (row["url"], row["status"]) == ("https://example.org/a.jpg", "pending")
     assert row["sample_id"] == sample_id_for("src", "https://example.org/a.jpg")
     assert build_row({**BASE, "url": "   "}, ctx)["error"].endswith("field url: empty image URL")
+
+
+@pytest.mark.parametrize(
+    ("iri", "uri"),
+    [
+        ("https://upload.wikimedia.org/wikipedia/commons/a/ab/Rosa canina ü.jpg",
+         "https://upload.wikimedia.org/wikipedia/commons/a/ab/Rosa%20canina%20%C3%BC.jpg"),
+        ("http://bücher.example/a.jpg", "http://xn--bcher-kva.example/a.jpg"),
+    ],
+)  # fmt: skip
+def test_an_iri_is_stored_as_its_uri_and_the_original_is_kept(ctx, iri, uri):
+    row = build_row({**BASE, "source_record_id": None, "url": iri}, ctx)
+    assert (row["url"], row["url_original"], row["status"]) == (uri, iri, "pending")
+    assert row["sample_id"] == sample_id_for("src", iri)  # ids stay those of the URL as published
+    plain = build_row(BASE, ctx)
+    assert plain["url_original"] is None  # kept only where it differs
+
+
+def test_an_invalid_internationalised_host_is_a_rejected_row(ctx):
+    row = build_row({**BASE, "url": "http://a..b\u200d.example/x.jpg"}, ctx)
+    assert row["status"] == "rejected" and "field url" in row["error"]
