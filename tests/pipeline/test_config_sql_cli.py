@@ -112,9 +112,10 @@ def test_stage_harness_keeps_nothing_from_a_failed_shard(tmp_path):
 
 
 def test_manifest_check_refuses_lost_or_repeated_rows(small_build, tmp_path):
+    """Checked against the crawl (the candidates), not against the manifest itself."""
     table = pq.read_table(small_build / "manifest.parquet")
     con = duckdb.connect()
-    con.register("candidates", table)
+    con.register("candidates", pq.read_table(small_build / "crawl" / "test.parquet", columns=["sample_id"]))
 
     def check(t):
         path = tmp_path / "m.parquet"
@@ -129,3 +130,7 @@ def test_manifest_check_refuses_lost_or_repeated_rows(small_build, tmp_path):
     pending = table.set_column(table.schema.get_field_index("status"), "status", pa.array(["pending"] * 8))
     with pytest.raises(ManifestError, match="without a final status"):
         check(pending)
+    ids = table["sample_id"].to_pylist()
+    stranger = table.set_column(0, "sample_id", pa.array(["f" * 32, *ids[1:]]))  # one lost, one invented
+    with pytest.raises(ManifestError, match=f"candidates missing from the manifest: \\['{ids[0]}'\\]"):
+        check(stranger)
