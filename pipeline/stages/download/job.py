@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pyarrow as pa
 from img2dataset.downloader import Downloader
-from img2dataset.resizer import Resizer
 from img2dataset.writer import WebDatasetSampleWriter
 
 from pipeline.core.config import DownloadConfig
@@ -20,10 +19,12 @@ from pipeline.net.addresses import AddressGuard
 from pipeline.net.client import FetchLimits, GuardedClient
 from pipeline.stages.download import politeness
 from pipeline.stages.download.quarantine import DecodeJournal
+from pipeline.stages.download.resizer import ReducedDecodeResizer
 
 
-class JournaledResizer(Resizer):
-    """img2dataset's Resizer, noting in the decode journal which row it is decoding (see .quarantine)."""
+class JournaledResizer(ReducedDecodeResizer):
+    """img2dataset's Resizer (JPEGs decoded at reduced scale, .resizer), noting in the decode journal which row it
+    is decoding (see .quarantine)."""
 
     def __init__(self, journal: DecodeJournal, **resizer_args) -> None:
         super().__init__(**resizer_args)
