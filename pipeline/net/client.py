@@ -64,6 +64,7 @@ class FetchLimits:
 class Fetched:
     url: str  # the final URL, after redirects
     status: int
+    reason: str | None  # the server's reason phrase ("Not Found", or its own wording)
     headers: urllib3.HTTPHeaderDict
     body: bytes
 
@@ -143,7 +144,7 @@ class GuardedClient:
                         on_redirect(current)
                     continue
                 body = _read_capped(response, current, limits.max_bytes, deadline, truncate)
-                return Fetched(current, response.status, response.headers, body)
+                return Fetched(current, response.status, response.reason, response.headers, body)
             finally:
                 response.release_conn()
         raise FetchRefused(f"{REDIRECT_LIMIT_PREFIX}: more than {limits.max_redirects} from {url}")

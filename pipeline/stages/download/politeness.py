@@ -205,7 +205,7 @@ def polite_fetch(row, timeout, user_agent_token, disallowed_header_directives):
         policy.wait_turn(uri)
         fetched = policy.client.get(uri, on_redirect=policy.before_redirect)
         if not 200 <= fetched.status < 300:
-            raise HTTPStatusError(fetched.status, _reason(fetched.status))
+            raise HTTPStatusError(fetched.status, fetched.reason or _reason(fetched.status))
         if disallowed_header_directives and i2d_downloader.is_disallowed(
             _HeaderLookup(fetched.headers), user_agent_token, disallowed_header_directives
         ):
