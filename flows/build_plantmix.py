@@ -9,6 +9,10 @@ file and row. Each stage publishes its counts, and long stages their progress, a
 Run in-process (a temporary Prefect server starts by itself)::
 
     python -m flows.build_plantmix --recipe manifests/recipes/demo.yaml
+
+The command line (:func:`build_from_file`) takes any recipe file, build folder and Dask scheduler: it runs as the
+local user. The deployed flow (:func:`build_plantmix`, served by :mod:`flows.serve`) takes only a recipe name and
+a thread count (see :mod:`flows.trusted`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import Any
 
 from prefect import flow, task, unmapped
 from prefect.futures import PrefectFuture, as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows import trusted
 from flows.artifacts import Progress, publish_release, publish_stage, publish_summary
 from pipeline.core.config import Recipe, load_recipe
 from pipeline.core.harness import TRANSIENT_ERRORS, Build, Stage, run_reduce, run_unit
@@ -109,39 +114,47 @@ def build_stages(recipe: Recipe, until: str | None = None) -> dict[str, Any]:
     return done
 
 
-@flow(name="build-plantmix")
-def build_plantmix(
-    recipe: str = "manifests/recipes/demo.yaml",
-    output_dir: str | None = None,
-    dask_address: str | None = None,
-    workers: int = 2,
-) -> dict[str, Any]:
-    """Build the manifest a recipe describes into its output_dir (or ``output_dir``: a folder or fsspec URL).
-
-    Units run on ``workers`` threads of this process, or on the Dask cluster at ``dask_address``.
-    """
-    loaded = load_recipe(recipe)
-    if output_dir:
-        loaded.output_dir = output_dir
+def task_runner(dask_address: str | None, workers: int) -> TaskRunner:
+    """Units on the Dask cluster at ``dask_address`` (TLS from the dask config for ``tls://``), else on threads."""
     if dask_address:
         from prefect_dask import DaskTaskRunner
 
-        runner = DaskTaskRunner(address=dask_address)
-    else:
-        runner = ThreadPoolTaskRunner(max_workers=workers)
-    return build_stages.with_options(task_runner=runner)(loaded)
+        return DaskTaskRunner(address=dask_address)
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+def build_from_file(
+    recipe_path: str, output_dir: str | None = None, dask_address: str | None = None, workers: int = 2
+) -> dict[str, Any]:
+    """The ``build-plantmix`` flow for a local user: any recipe file, into its output_dir or ``output_dir``.
+
+    Units run on ``workers`` threads of this process, or on the Dask cluster at ``dask_address``.
+    """
+    loaded = load_recipe(recipe_path)
+    if output_dir:
+        loaded.output_dir = output_dir
+    runner = task_runner(dask_address, workers)
+    return build_stages.with_options(name="build-plantmix", task_runner=runner)(loaded)
+
+
+@flow(name="build-plantmix")
+def build_plantmix(recipe: str = "demo", workers: trusted.Workers = 2) -> dict[str, Any]:
+    """Build the trusted recipe named ``recipe`` into its own output_dir (the deployed flow: no paths, no addresses).
+
+    Units run on ``workers`` threads, or on the serving process's Dask cluster (``flows.serve --dask-address``).
+    """
+    loaded = load_recipe(trusted.resolve_recipe(recipe))
+    return build_stages.with_options(task_runner=task_runner(trusted.dask_address(), workers))(loaded)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.build_plantmix", description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="manifests/recipes/demo.yaml", help="build recipe (YAML)")
     parser.add_argument("--output-dir", default=None, help="build folder or URL (default: the recipe's output_dir)")
-    parser.add_argument("--dask-address", default=None, help="tcp://host:port of a Dask scheduler")
+    parser.add_argument("--dask-address", default=None, help="tcp:// or tls://host:port of a Dask scheduler")
     parser.add_argument("--workers", type=int, default=2, help="concurrent unit tasks without Dask")
     args = parser.parse_args(argv)
-    done = build_plantmix(
-        recipe=args.recipe, output_dir=args.output_dir, dask_address=args.dask_address, workers=args.workers
-    )
+    done = build_from_file(args.recipe, args.output_dir, args.dask_address, args.workers)
     print("\n" + render(done["summary"]))
     print(f"\nmanifest: {done['manifest']}")
     build_folder = done["manifest"].rsplit("/", 1)[0]

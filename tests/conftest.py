@@ -72,13 +72,13 @@ def demo_build(tmp_path_factory) -> Path:
 
     Tests that change the build work on a copy (:func:`copy_build`).
     """
-    from flows.build_plantmix import build_plantmix
+    from flows.build_plantmix import build_from_file
 
     out = tmp_path_factory.mktemp("demo") / "build"
     cwd = os.getcwd()
     os.chdir(REPO)  # the recipe's relative paths are relative to the repository root
     try:
-        build_plantmix(recipe=DEMO_RECIPE, output_dir=str(out))
+        build_from_file(DEMO_RECIPE, output_dir=str(out))
     finally:
         os.chdir(cwd)
     return out

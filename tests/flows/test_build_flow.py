@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.build_plantmix import build_plantmix, main
+from flows.build_plantmix import build_from_file, main
 from pipeline.query import sql
 from tests.conftest import DEMO_RECIPE as RECIPE
 from tests.conftest import REPO, free_port, stop
@@ -194,7 +194,7 @@ def test_rerun_reuses_finished_shards_and_keeps_ids(demo_build):
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        build_plantmix(recipe=RECIPE, output_dir=str(demo_build))
+        build_from_file(RECIPE, output_dir=str(demo_build))
     finally:
         os.chdir(cwd)
     assert {p: p.read_text() for p in markers} == before  # no shard was redone
@@ -250,7 +250,7 @@ def test_dask_cluster_gives_the_same_manifest(demo_build, tmp_path, prefect_serv
         os.chdir(REPO)
         try:
             with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
-                build_plantmix(recipe=RECIPE, output_dir=str(out), dask_address=f"tcp://127.0.0.1:{port}")
+                build_from_file(RECIPE, output_dir=str(out), dask_address=f"tcp://127.0.0.1:{port}")
         finally:
             os.chdir(cwd)
         markers = [p.read_text() for p in (out / "download").glob("*.done.json")]
