@@ -98,6 +98,8 @@ class DownloadConfig:
     max_request_seconds: float = 60.0  # per request, redirects and body included (status failed_download)
     max_redirects: int = 5  # hops, each re-checked: URL, address, robots.txt of its host
     max_image_area: float = 40_000_000  # pixels from the image header, checked before decoding (too_large)
+    dns_cache_seconds: float = 300.0  # a host's addresses reused this long per download process (0: no cache)
+    ca_file: str | None = None  # PEM bundle to verify HTTPS with instead of the system's (a mirror's private CA)
 
     def __post_init__(self) -> None:
         for entry in self.allow_local_hosts:

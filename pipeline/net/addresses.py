@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -93,10 +93,12 @@ class AddressGuard:
     """Checks a host, its port and the addresses it resolves to against the public-only rule and the allowlist."""
 
     allowlist: tuple[AllowEntry, ...] = ()
+    # (host, port) -> getaddrinfo's answer; None: this module's getaddrinfo, uncached (see pipeline.net.dns)
+    lookup: Callable[[str, int], list] | None = None
 
     @classmethod
-    def allowing(cls, entries: Iterable[str]) -> AddressGuard:
-        return cls(tuple(AllowEntry.parse(e) for e in entries))
+    def allowing(cls, entries: Iterable[str], lookup: Callable[[str, int], list] | None = None) -> AddressGuard:
+        return cls(tuple(AllowEntry.parse(e) for e in entries), lookup)
 
     def name_allowed(self, host: str, port: int) -> bool:
         name = host.lower().rstrip(".")
@@ -121,7 +123,7 @@ class AddressGuard:
     def resolve(self, host: str, port: int, timeout: float | None = None) -> list[tuple[int, tuple]]:
         """``(family, sockaddr)`` pairs for ``host:port``, every one checked; raises :class:`BlockedAddress`."""
         del timeout  # getaddrinfo has none; kept so the signature says where one would go
-        infos = getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        infos = self.lookup(host, port) if self.lookup else getaddrinfo(host, port, 0, socket.SOCK_STREAM)
         targets = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
         self.check(host, port, [ipaddress.ip_address(sockaddr[0].split("%")[0]) for _, sockaddr in targets])
         return targets

@@ -108,11 +108,17 @@ class GuardedClient:
     """A thread-safe pool of keep-alive connections per host, every one made through ``guard``."""
 
     def __init__(
-        self, guard: AddressGuard, limits: FetchLimits, headers: Mapping[str, str], connections_per_host: int = 8
+        self,
+        guard: AddressGuard,
+        limits: FetchLimits,
+        headers: Mapping[str, str],
+        connections_per_host: int = 8,
+        ca_file: str | None = None,
     ) -> None:
         self.limits = limits
         self.headers = dict(headers)
-        self.pools = urllib3.PoolManager(num_pools=256, maxsize=connections_per_host, retries=False)
+        tls = {"ca_certs": ca_file} if ca_file else {}  # verification stays on either way (CERT_REQUIRED)
+        self.pools = urllib3.PoolManager(num_pools=256, maxsize=connections_per_host, retries=False, **tls)
         self.pools.pool_classes_by_scheme = _guarded_pools(guard)
 
     def get(self, url: str, on_redirect: Callable[[str], None] | None = None, truncate: bool = False) -> Fetched:

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
+import subprocess
+import time
 
 import pytest
+import urllib3
 
 from pipeline.core.config import DownloadConfig, RecipeError
 from pipeline.net import addresses
 from pipeline.net.addresses import AddressGuard, BlockedAddress, why_not_public
 from pipeline.net.client import FetchLimits, FetchRefused, GuardedClient
+from pipeline.net.dns import CachedResolver
 from pipeline.net.urls import UnsafeURL, checked_uri, to_uri
 from pipeline.stages.download import politeness
 from pipeline.stages.download.job import host_policy
@@ -223,3 +228,46 @@ def test_the_suites_loopback_guard_refuses_and_records_other_connections(connect
         sock.connect(("10.255.255.1", 80))  # refused before any packet leaves
     assert connections_stay_on_loopback == [("10.255.255.1", 80)]
     connections_stay_on_loopback.clear()  # recorded attempts would fail this test at teardown
+
+
+def test_the_dns_cache_saves_lookups_not_checks(resolver):
+    """Answers are reused within the TTL, failures for a shorter one; a cached private answer is still refused."""
+    table, calls = resolver
+    table["intranet.test"] = ["10.0.0.5"]
+    cached = GuardedClient(AddressGuard.allowing([], CachedResolver(ttl=60, negative_ttl=60)), FetchLimits(), {})
+    for _ in range(3):
+        with pytest.raises(BlockedAddress, match="10.0.0.5"):
+            cached.get("http://intranet.test/a.jpg")
+        with pytest.raises(Exception, match="unknown name"):
+            cached.get("http://nowhere.test/a.jpg")
+    assert calls.count("intranet.test") == 1 and calls.count("nowhere.test") == 1
+    expiring = CachedResolver(ttl=0.05)
+    expiring("intranet.test", 80)
+    time.sleep(0.1)
+    expiring("intranet.test", 80)
+    assert calls.count("intranet.test") == 3
+
+
+@pytest.fixture
+def https_host(tmp_path):
+    """A loopback HTTPS image host with a self-signed certificate for 127.0.0.1; yields (url, cert file)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with HostileHost() as host:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        host.server.socket = context.wrap_socket(host.server.socket, server_side=True)
+        yield f"https://127.0.0.1:{host.port}", str(cert)
+
+
+def test_https_is_verified_against_the_recipes_ca_file_and_never_unverified(https_host):
+    url, cert = https_host
+    guard = AddressGuard.allowing(["127.0.0.1"])
+    trusted = GuardedClient(guard, FetchLimits(timeout=5), {}, ca_file=cert)
+    assert trusted.get(url + "/img/1.jpg").body[:2] == b"\xff\xd8"
+    with pytest.raises(urllib3.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+        GuardedClient(guard, FetchLimits(timeout=5), {}).get(url + "/img/1.jpg")  # the system CAs do not know it

@@ -17,6 +17,7 @@ from pipeline.core.config import DownloadConfig
 from pipeline.core.layout import SHARD_DIGITS
 from pipeline.net.addresses import AddressGuard
 from pipeline.net.client import FetchLimits, GuardedClient
+from pipeline.net.dns import CachedResolver
 from pipeline.stages.download import politeness
 from pipeline.stages.download.quarantine import DecodeJournal
 from pipeline.stages.download.resizer import ReducedDecodeResizer
@@ -68,7 +69,9 @@ def host_policy(config: DownloadConfig, local_roots: list[Path] = ()) -> politen
     ``local_roots``: the folders of the recipe's local-folder sources, the only ``file://`` URLs read.
     """
     client = GuardedClient(
-        AddressGuard.allowing(config.allow_local_hosts),
+        AddressGuard.allowing(
+            config.allow_local_hosts, CachedResolver(config.dns_cache_seconds) if config.dns_cache_seconds else None
+        ),
         FetchLimits(
             timeout=config.timeout,
             max_seconds=config.max_request_seconds,
@@ -77,6 +80,7 @@ def host_policy(config: DownloadConfig, local_roots: list[Path] = ()) -> politen
         ),
         headers={"User-Agent": config.user_agent},
         connections_per_host=config.thread_count,
+        ca_file=config.ca_file,
     )
     return politeness.HostPolicy(
         user_agent=config.user_agent,
