@@ -15,15 +15,15 @@ Every request is counted per decoded path in ``hits``.
 
 from __future__ import annotations
 
+import contextlib
 import struct
-import threading
 import time
 import zlib
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.http_host import jpeg_bytes
+from tests.http_host import LoopbackHost, QuietHandler, jpeg_bytes
 
 WIKI_PATH = "/wiki/File:Rosa canina ü.jpg"
 
@@ -44,39 +44,24 @@ def png_header_declaring(width: int, height: int, complete: bool = False) -> byt
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
-class HostileHost:
+class HostileHost(LoopbackHost):
     def __init__(self, robots: str = "", big_bytes: int = 2_000_000, drip_seconds: float = 0.3) -> None:
         self.robots, self.big_bytes, self.drip_seconds = robots, big_bytes, drip_seconds
         self.hits: Counter[str] = Counter()
         self._huge: bytes | None = None
         host = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 parts = urlsplit(self.path)
                 path = unquote(parts.path)
                 host.hits[path] += 1
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     host.answer(self, path, parse_qs(parts.query))
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(Handler)
 
     def answer(self, handler: BaseHTTPRequestHandler, path: str, query: dict[str, list[str]]) -> None:
         def send(status: int, body: bytes, headers: dict[str, str], length: bool = True) -> None:
@@ -124,11 +109,3 @@ class HostileHost:
         if self._huge is None:
             self._huge = png_header_declaring(12_000, 12_000, complete=True)
         return self._huge
-
-    def __enter__(self) -> HostileHost:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()

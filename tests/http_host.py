@@ -7,6 +7,7 @@ status in ``robots_status``); anything else is 404. Every request is recorded wi
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -21,13 +22,45 @@ def jpeg_bytes(n: int, size: int = 96) -> bytes:
     return buf.getvalue()
 
 
-class ImageHost:
+class QuietHandler(BaseHTTPRequestHandler):
+    """http.server's handler without its per-request log lines."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class LoopbackHost:
+    """A threaded HTTP server on 127.0.0.1 (a free port) around a handler class; ``with`` starts and stops it."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ImageHost(LoopbackHost):
     def __init__(self, robots: str = "", robots_status: int = 200, slow_seconds: float = 3.0) -> None:
         self.robots, self.robots_status, self.slow_seconds = robots, robots_status, slow_seconds
         self.requests: list[tuple[float, str, dict[str, str]]] = []
         host = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 host.requests.append((time.monotonic(), self.path, dict(self.headers)))
                 body, status, headers = host.route(self.path)
@@ -36,21 +69,10 @@ class ImageHost:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     self.wfile.write(body)
-                except BrokenPipeError:
-                    pass
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(Handler)
 
     def route(self, path: str) -> tuple[bytes, int, dict[str, str]]:
         jpeg = {"Content-Type": "image/jpeg"}
@@ -71,11 +93,3 @@ class ImageHost:
 
     def paths(self) -> list[str]:
         return [p for _, p, _ in self.requests]
-
-    def __enter__(self) -> ImageHost:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()

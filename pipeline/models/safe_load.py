@@ -49,8 +49,8 @@ def load_checkpoint_safely(path: str | Path, map_location: str | torch.device = 
 
 
 def _reason(err: pickle.UnpicklingError) -> str:
-    # torch wraps the one useful line ("Unsupported global: GLOBAL posix.system ...") in advice to set
-    # weights_only=False, which is exactly what we must not suggest.
+    # torch wraps the one useful line ("Unsupported global: GLOBAL posix.system ...") in advice to switch the
+    # weights-only mode off, which is exactly what we must not suggest.
     parts = []
     for line in str(err).splitlines():
         line = line.split("WeightsUnpickler error:")[-1].split(" Please use")[0].strip()

@@ -31,13 +31,8 @@ def _encode_part(text: str, safe: str) -> str:
 
 
 def _encode_host(host: str, url: str) -> str:
-    if host.startswith("["):
+    if host.startswith("[") or host.isascii():
         return host.lower()
-    try:
-        host.encode("ascii")
-        return host.lower()
-    except UnicodeEncodeError:
-        pass
     try:
         return idna.encode(host, uts46=True).decode("ascii")
     except idna.IDNAError as err:
