@@ -9,6 +9,7 @@ Routes (``path`` is matched after percent-decoding):
 /bomb.png                a valid PNG header declaring 12000 x 12000 pixels (a decompression bomb), tiny body
 /huge.png                a real 12000 x 12000 black PNG (~140 kB that decodes to 144 MB: slow to decode)
 /wiki/File:Rosa canina ü.jpg   a JPEG at a path with a space and a non-ASCII letter (as Wikimedia's)
+/busy/<n>.jpg?after=<v>  the first request of each path: 429 with ``Retry-After: v``; later ones a JPEG
 /robots.txt              ``robots`` text
 Every request is counted per decoded path in ``hits``.
 """
@@ -98,6 +99,11 @@ class HostileHost(LoopbackHost):
                 handler.wfile.write(body[i : i + 1])
                 handler.wfile.flush()
                 time.sleep(self.drip_seconds)
+        elif path.startswith("/busy/"):  # 429 with Retry-After (query "after") to the first request of each path
+            if self.hits[path] == 1:
+                send(429, b"slow down", {"Retry-After": query["after"][0]})
+            else:
+                send(200, jpeg_bytes(5), jpeg)
         elif path == "/huge.png":
             send(200, self.huge_png(), {"Content-Type": "image/png"})
         elif path == "/bomb.png":

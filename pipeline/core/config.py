@@ -88,6 +88,9 @@ class DownloadConfig:
     max_requests_per_host_per_second: float = 5.0  # per-host rate limit inside one download process
     # Per-host exceptions to that limit, e.g. {"inaturalist-open-data.s3.amazonaws.com": 50} for a CDN/bucket.
     host_rate_overrides: dict[str, float] = field(default_factory=dict)
+    # A 429/503 answer's Retry-After holds that host's requests until then; a longer wait than this is not slept
+    # through: the host's rows fail (failed_download, "host asked to wait") without a request until it passes.
+    max_retry_after_seconds: float = 120.0
     shard_timeout_seconds: float = 6 * 3600  # a shard still running after this is killed and retried
     url_rewrite: dict[str, str] = field(default_factory=dict)  # URL prefix -> replacement (mirrors, offline sample)
     # The fetch policy (pipeline/net) on every request, robots.txt and each redirect hop included. Only public

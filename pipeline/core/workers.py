@@ -3,7 +3,7 @@
 Some libraries are unsafe to run several times at once in one process (img2dataset: two of its downloaders on
 threads of one process were seen to lose the process's own output), and a shard's deadline is only enforceable
 by killing a process. So such a shard runs in a child Python process, as img2dataset's own distributor does.
-Children are reused from job to job (importing img2dataset, webdataset and torch costs ~5 s), one job at a time
+Children are reused from job to job of the same handler (importing img2dataset costs seconds), one job at a time
 each, and exit when their parent closes their stdin. A child that dies mid-job is reported as
 :class:`WorkerDied` (the caller's rerun redoes the shard).
 
@@ -22,6 +22,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,15 +39,14 @@ class _Worker:
             [sys.executable, "-m", "pipeline.core.workers"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
+            bufsize=0,  # unbuffered: select() must see every answer byte the child wrote (see _answer)
         )
+        self.unread = b""  # answer bytes read from the pipe and not yet returned
 
     def run(self, handler: str, job: Path, log: Path, timeout: float | None = None) -> bool:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
-            self.proc.stdin.write(json.dumps({"handler": handler, "job": str(job), "log": str(log)}) + "\n")
-            self.proc.stdin.flush()
+            self.proc.stdin.write((json.dumps({"handler": handler, "job": str(job), "log": str(log)}) + "\n").encode())
             answer = self._answer(STARTUP_SECONDS, f"did not start {job} within {STARTUP_SECONDS} s", job, log)
             if "started" in answer:  # (a handler that fails to import answers "ok": false at once)
                 # A server that drips bytes defeats per-request timeouts: bound the whole job, after start-up.
@@ -56,16 +56,27 @@ class _Worker:
         return bool(answer["ok"])
 
     def _answer(self, timeout: float | None, overdue: str, job: Path, log: Path) -> dict:
-        """The child's next protocol line; WorkerDied if it takes longer than ``timeout`` or the child exits."""
+        """The child's next protocol line; WorkerDied if it takes longer than ``timeout`` or the child exits.
+
+        Read with select() + os.read on the raw pipe, never a buffered readline: when two answers arrive together
+        (a job that ends as soon as it starts), a buffered reader would hold the second while select() waits for
+        more bytes on an empty pipe.
+        """
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            self.kill()
-            raise WorkerDied(f"shard worker {self.proc.pid} {overdue}; killed")
-        line = self.proc.stdout.readline()
-        if not line:
-            code = self.proc.wait()
-            raise WorkerDied(f"shard worker {self.proc.pid} exited with code {code} while running {job}; see {log}")
+        fd = self.proc.stdout.fileno()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.unread:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                self.kill()
+                raise WorkerDied(f"shard worker {self.proc.pid} {overdue}; killed")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                code = self.proc.wait()
+                raise WorkerDied(f"shard worker {self.proc.pid} exited with code {code} while running {job}; see {log}")
+            self.unread += chunk
+        line, _, self.unread = self.unread.partition(b"\n")
         return json.loads(line)
 
     def kill(self) -> None:
@@ -81,7 +92,7 @@ class _Worker:
             self.proc.kill()
 
 
-_idle: list[_Worker] = []
+_idle: dict[str, list[_Worker]] = {}  # handler -> idle children that imported it (a child serves one handler)
 _lock = threading.Lock()
 
 
@@ -93,7 +104,8 @@ def run_in_worker(handler: str, job: Path, log: Path, timeout: float | None = No
     its own bound, :data:`STARTUP_SECONDS`): past it the child is killed and :class:`WorkerDied` raised.
     """
     with _lock:
-        worker = _idle.pop() if _idle else None
+        idle = _idle.setdefault(handler, [])
+        worker = idle.pop() if idle else None
     if worker is None or worker.proc.poll() is not None:
         worker = _Worker()
     try:
@@ -102,14 +114,15 @@ def run_in_worker(handler: str, job: Path, log: Path, timeout: float | None = No
         worker.kill()
         raise
     with _lock:
-        _idle.append(worker)
+        _idle[handler].append(worker)
     return ok
 
 
 @atexit.register
 def _close_all() -> None:
     with _lock:
-        workers, _idle[:] = list(_idle), []
+        workers = [worker for idle in _idle.values() for worker in idle]
+        _idle.clear()
     for worker in workers:
         worker.close()
 

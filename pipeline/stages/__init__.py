@@ -1,40 +1,24 @@
 """The build's stages, declared once and in order: the flow, the runner, the tests and the benchmarks all run
-this list. Adding a stage is one module implementing :class:`pipeline.core.harness.Stage` and one entry here.
+this list. Adding a stage is one module implementing :class:`pipeline.core.harness.Stage` and one entry in
+:mod:`.registry`.
+
+``STAGES`` and ``stage_named`` are loaded on first use, so that a process which needs one stage's modules (a
+download worker child importing ``pipeline.stages.download.job``) does not import every stage's libraries.
 """
 
 from __future__ import annotations
 
-from pipeline.core.harness import Stage
-from pipeline.stages.crawl import CrawlStage
-from pipeline.stages.dedup.caption import CaptionDedupStage
-from pipeline.stages.dedup.decontaminate import DecontaminateStage
-from pipeline.stages.dedup.exact import ExactDedupStage
-from pipeline.stages.dedup.image import ImageDedupStage
-from pipeline.stages.download import DownloadStage
-from pipeline.stages.embed import EmbedStage
-from pipeline.stages.judge import JudgeStage
-from pipeline.stages.mix import MixStage
-from pipeline.stages.publish import PublishStage
-from pipeline.stages.sample import SampleStage
+from typing import TYPE_CHECKING
 
-# Embed follows download shard by shard; the dedup stages then run in the order their drops depend on (each
-# leaves out what an earlier one dropped): exact, caption, image; decontamination compares every embedded row.
-_BEFORE_JUDGE: tuple[Stage, ...] = (
-    CrawlStage(),
-    DownloadStage(),
-    EmbedStage(),
-    ExactDedupStage(),
-    CaptionDedupStage(),
-    ImageDedupStage(),
-    DecontaminateStage(),
-)
-# The judge writes the manifest; mix fits the mixing law on proxy runs over its kept rows (when the recipe asks);
-# the sample stage selects the release from the kept rows, publish packs it.
-STAGES: tuple[Stage, ...] = (*_BEFORE_JUDGE, JudgeStage(_BEFORE_JUDGE), MixStage(), SampleStage(), PublishStage())
+if TYPE_CHECKING:
+    from pipeline.stages.registry import STAGES, stage_named
+
+__all__ = ["STAGES", "stage_named"]
 
 
-def stage_named(name: str) -> Stage:
-    for stage in STAGES:
-        if stage.name == name:
-            return stage
-    raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
+def __getattr__(name: str):
+    if name in __all__:
+        from pipeline.stages import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

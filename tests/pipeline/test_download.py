@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -213,3 +215,26 @@ def test_plan_is_stable_across_reruns(tmp_path):
     assert [len(i) for i in ids] == [8, 8, 4] and sum(ids, []) == [
         r["sample_id"] for r in candidates([f"http://127.0.0.1:9/img/{i}.jpg" for i in range(20)])
     ]  # crawl order, cut into exact shards
+
+
+def test_a_download_worker_starts_without_torch_or_other_stages_libraries():
+    """Its start-up is paid once per worker: torch (webdataset's DataLoader classes) and the dedup/embed stages'
+    libraries are not imported; webdataset's writer, which the child uses, still works."""
+    probe = (
+        "import sys, io; import pipeline.stages.download.child, webdataset;"
+        "webdataset.TarWriter(io.BytesIO()).write({'__key__': 'a', 'txt': 'b'});"
+        "print(sorted(m for m in ('torch', 'datasketch', 'faiss', 'open_clip') if sys.modules.get(m)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_worker_children_serve_one_handler_and_answer_jobs_that_end_at_once(tmp_path):
+    """A child that imported one handler (the download's, with torch marked absent) is never handed another; a
+    job that ends as soon as it starts is answered (its two protocol lines arrive together)."""
+    job, log = tmp_path / "job", tmp_path / "log"
+    job.write_text("")
+    assert workers.run_in_worker("os.path:exists", job, log, timeout=30)
+    assert workers.run_in_worker("os.path:isfile", job, log, timeout=30)
+    assert workers.run_in_worker("os.path:isfile", job, log, timeout=30)
+    assert len(workers._idle["os.path:exists"]) == 1 and len(workers._idle["os.path:isfile"]) == 1

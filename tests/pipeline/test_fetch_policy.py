@@ -7,6 +7,7 @@ attempted, so "refused" here also means "no packet was sent".
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import socket
 import ssl
@@ -271,3 +272,43 @@ def test_https_is_verified_against_the_recipes_ca_file_and_never_unverified(http
     assert trusted.get(url + "/img/1.jpg").body[:2] == b"\xff\xd8"
     with pytest.raises(urllib3.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
         GuardedClient(guard, FetchLimits(timeout=5), {}).get(url + "/img/1.jpg")  # the system CAs do not know it
+
+
+@pytest.mark.parametrize("value, seconds", [("3", 3.0), (" 120 ", 120.0), ("soon", None), ("", None), (None, None)])
+def test_retry_after_values_are_read_as_delays(value, seconds):
+    assert politeness.retry_after_seconds(value) == seconds
+
+
+def test_retry_after_dates_are_read_against_now():
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 90, usegmt=True)
+    assert politeness.retry_after_seconds(date, now=now) == pytest.approx(90)
+    assert politeness.retry_after_seconds(email.utils.formatdate(now - 90, usegmt=True), now=now) == 0.0
+
+
+def test_a_hosts_retry_after_holds_its_next_request_and_the_retry_succeeds():
+    """img2dataset retries a failed row (``retries``): the retry waits for the Retry-After, then gets the image."""
+    with HostileHost() as host:
+        policy = policy_for(host, max_requests_per_host_per_second=0)  # no rate limit: only Retry-After spaces
+        times = []
+        with politeness.installed(policy):
+            for _ in range(2):  # the first try and img2dataset's retry
+                _, stream, error = politeness.polite_fetch((0, host.url + "/busy/1.jpg?after=1"), 2, "plantmix", [])
+                times.append(time.monotonic())
+        assert error is None and stream is not None
+        assert times[1] - times[0] >= 0.9  # the retry was not sent before the second the host asked for
+        assert fetch(policy, host.url + "/busy/1.jpg?after=1")[2] == "ok"
+    assert host.hits["/busy/1.jpg"] == 3
+
+
+def test_a_long_retry_after_fails_the_hosts_rows_without_requests():
+    with HostileHost() as host:
+        policy = policy_for(host, max_retry_after_seconds=5)
+        _, error, status = fetch(policy, host.url + "/busy/2.jpg?after=3600")
+        assert status == "failed_download" and error.startswith("HTTP Error 429")
+        start = time.monotonic()
+        for n in range(3):
+            _, error, status = fetch(policy, f"{host.url}/img/{n}.jpg")
+            assert status == "failed_download" and error.startswith(politeness.BACKING_OFF_PREFIX), error
+        assert time.monotonic() - start < 1  # not slept through
+    assert host.hits["/busy/2.jpg"] == 1 and not any(path.startswith("/img/") for path in host.hits)

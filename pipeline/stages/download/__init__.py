@@ -30,7 +30,7 @@ from pipeline.stages.download.plan import PASSED_COLUMNS, write_plan
 from pipeline.stages.download.quarantine import DeathLog, row_being_decoded
 from pipeline.stages.download.results import download_rows
 
-JOB_HANDLER = "pipeline.stages.download.job:run_job"
+JOB_HANDLER = "pipeline.stages.download.child:run_job"  # .job, in a child without torch
 LOCAL_FOLDER_ADAPTER = "local_folder"
 MAX_WORKER_DEATHS = 12  # per shard attempt: beyond this the cause is not a few hostile rows
 # Download settings that change a shard's output (the others only change how fast or politely it is made).

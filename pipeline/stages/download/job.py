@@ -1,7 +1,7 @@
 """Child side of the download stage: run img2dataset on one planned shard, politely.
 
-Runs inside a :mod:`pipeline.core.workers` child (``handler = "pipeline.stages.download.job:run_job"``); this is
-the only module that imports img2dataset's downloader.
+Runs inside a :mod:`pipeline.core.workers` child (handler ``pipeline.stages.download.child:run_job``, which
+imports this module without torch); this is the only module that imports img2dataset's downloader.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def host_policy(config: DownloadConfig, local_roots: list[Path] = ()) -> politen
         max_image_area=config.max_image_area,
         max_requests_per_second=config.max_requests_per_host_per_second,
         host_rate_overrides=config.host_rate_overrides,
+        max_retry_after_seconds=config.max_retry_after_seconds,
         local_roots=tuple(root.resolve() for root in local_roots),
     )
 

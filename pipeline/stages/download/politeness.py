@@ -17,11 +17,15 @@ up by name on every call; :func:`installed` swaps it in for one download):
   its rows end ``failed_download`` with the reason, not ``robots_disallowed``;
 - a per-host spacing limit, per download process (with P shards fetching at once a host sees at most P times
   the rate);
+- ``Retry-After`` on a 429 or 503 answer: nothing more is sent to that host until the time it names (the
+  row's retry, img2dataset's ``retries``, waits for it); a wait longer than ``max_retry_after_seconds`` is not
+  slept through: that host's rows fail at once (``host asked to wait``) without a request until the time passes;
 - opt-out headers exactly as img2dataset decides them (its ``is_disallowed``).
 """
 
 from __future__ import annotations
 
+import email.utils
 import io
 import math
 import threading
@@ -49,6 +53,8 @@ from pipeline.stages.download.results import ROBOTS_ERROR_PREFIX, ROBOTS_UNREACH
 OPT_OUT_ERROR = "Use of image disallowed by X-Robots-Tag directive"  # img2dataset's own wording
 NO_POLICY_ERROR = "no fetch policy installed in this process; refusing to fetch"
 ROBOTS_MAX_BYTES = 500 * 1024  # RFC 9309 §2.5: parse at least the first 500 KiB
+RETRY_AFTER_STATUSES = (429, 503)  # RFC 9110 §10.2.3 / RFC 6585: the answers whose Retry-After we obey
+BACKING_OFF_PREFIX = "host asked to wait"
 _original_download_image = i2d_downloader.download_image
 # PIL warns on large headers; image_area_verdict applies the recipe's own limit instead.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -56,6 +62,26 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 class RobotsRefused(Exception):
     """A redirect hop whose host's robots.txt disallows us (the text is the row's error)."""
+
+
+class HostBackingOff(Exception):
+    """The host's Retry-After is further away than the policy sleeps for; the text is the row's error."""
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` value asks for (delay-seconds or an HTTP-date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110 dates are GMT
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
 
 
 class _HeaderLookup:
@@ -80,11 +106,13 @@ class HostPolicy:
     max_requests_per_second: float = 5.0
     host_rate_overrides: dict[str, float] = field(default_factory=dict)  # netloc -> requests/s
     robots_retry_seconds: float = 60.0
+    max_retry_after_seconds: float = 120.0  # a longer Retry-After fails the host's rows instead of sleeping
     quarantined: dict[int, str] = field(default_factory=dict)  # row key -> reason (see .quarantine): not fetched
     # Folders of the recipe's local-folder sources: the only places a file:// URL may be read from.
     local_roots: tuple[Path, ...] = ()
     _robots: dict[str, tuple[Protego | None, float]] = field(default_factory=dict, repr=False)
     _next_slot: dict[str, float] = field(default_factory=dict, repr=False)
+    _resume_at: dict[str, float] = field(default_factory=dict, repr=False)  # netloc -> monotonic time (Retry-After)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _host_locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
 
@@ -163,17 +191,36 @@ class HostPolicy:
             return f"{TOO_LARGE_PREFIX}: image area {width}x{height} exceeds {self.max_image_area:.0f} pixels"
         return None
 
+    def note_answer(self, url: str, status: int, headers: urllib3.HTTPHeaderDict) -> None:
+        """Remember a host's ``Retry-After`` (on 429 and 503): :meth:`wait_turn` holds its requests until then."""
+        if status not in RETRY_AFTER_STATUSES:
+            return
+        seconds = retry_after_seconds(headers.get("Retry-After"))
+        if seconds is None:
+            return
+        host = urlsplit(url).netloc
+        with self._lock:
+            self._resume_at[host] = max(self._resume_at.get(host, 0.0), time.monotonic() + seconds)
+
     def wait_turn(self, url: str) -> None:
-        """Block until this host may be sent another request (a per-host spacing limiter)."""
+        """Block until this host may be sent another request: its Retry-After, then the per-host spacing limit.
+
+        Raises :class:`HostBackingOff` instead of sleeping longer than ``max_retry_after_seconds``.
+        """
         host = urlsplit(url).netloc
         rate = self.host_rate_overrides.get(host, self.max_requests_per_second)
-        if rate <= 0:
-            return
-        interval = 1.0 / rate
         with self._lock:
             now = time.monotonic()
-            slot = max(now, self._next_slot.get(host, now))
-            self._next_slot[host] = slot + interval
+            resume = self._resume_at.get(host, now)
+            if resume - now > self.max_retry_after_seconds:
+                raise HostBackingOff(
+                    f"{BACKING_OFF_PREFIX}: {host} answered Retry-After; {resume - now:.0f} s left "
+                    f"(more than max_retry_after_seconds {self.max_retry_after_seconds:g}), not requested"
+                )
+            slot = max(now, resume)
+            if rate > 0:
+                slot = max(slot, self._next_slot.get(host, now))
+                self._next_slot[host] = slot + 1.0 / rate
         if slot > now:
             time.sleep(slot - now)
 
@@ -204,6 +251,7 @@ def polite_fetch(row, timeout, user_agent_token, disallowed_header_directives):
             return key, None, verdict
         policy.wait_turn(uri)
         fetched = policy.client.get(uri, on_redirect=policy.before_redirect)
+        policy.note_answer(fetched.url, fetched.status, fetched.headers)
         if not 200 <= fetched.status < 300:
             raise HTTPStatusError(fetched.status, fetched.reason or _reason(fetched.status))
         if disallowed_header_directives and i2d_downloader.is_disallowed(
