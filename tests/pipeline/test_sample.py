@@ -164,3 +164,36 @@ def test_url_only_policy_releases_unlicensed_rows_without_packing_them(tmp_path)
     by_id = {r["sample_id"]: r for r in manifest.to_pylist()}
     assert all(by_id[r["sample_id"]]["license"] in ("unspecified", "cc-by-nd-4.0") for r in url_only)
     assert all(by_id[r["sample_id"]]["selected"] for r in url_only)
+
+
+@pytest.mark.parametrize("total, upsample", [(37, False), (180, False), (700, True)])
+def test_the_selection_is_the_first_rows_in_stratum_rank_then_draw_order(tmp_path, total, upsample):
+    """Water filling as defined: per domain, eligible rows in (stratum rank, draw, row) order; the first ``count``
+    are taken (upsampling: all, and the first ``count % eligible`` once more). Checked row by row in Python."""
+    from pipeline.core import duck
+    from pipeline.stages.sample.select import decide, rank_kept_rows
+
+    judged_manifest(tmp_path)
+    config = SampleConfig(
+        total=total, general_share=0.25, allow_upsampling=upsample,
+        licenses=LicensePolicy(redistribute=["cc0", "cc-by", "cc-by-sa", "cc-by-nc", "unspecified"]),
+        plant=DomainSampling(stratify_by="species", max_per_species=6),
+    )  # fmt: skip
+    con = duck.connect()
+    manifest = str(tmp_path / "manifest.parquet")
+    rank_kept_rows(con, manifest, config)
+    targets = config.targets()
+    decide(con, manifest, targets, config, 50)
+    ranked = con.sql("SELECT rid, domain, stratum_rank, draw FROM ranked WHERE stratum_rank IS NOT NULL").fetchall()
+    decided = {
+        rid: (sel, rep) for rid, sel, rep in con.sql("SELECT rid, selected, sample_repeat FROM decisions").fetchall()
+    }
+    for domain, target in targets.items():
+        order = sorted((r for r in ranked if r[1] == domain), key=lambda r: (r[2], r[3], r[0]))
+        n = len(order)
+        for i, (rid, *_) in enumerate(order):
+            if n >= target:
+                expected = (True, 1) if i < target else (False, None)
+            else:
+                expected = (True, target // n + (1 if i < target % n else 0))
+            assert decided[rid] == expected, (domain, i, rid)
