@@ -1,0 +1,221 @@
+"""Benchmark: crawling an iNaturalist open-data export (the real schema) vs a bare DuckDB join + filter.
+
+A synthetic export in the open-data layout (``photos``, ``observations``, ``taxa``, ``observers``: tab-separated,
+a header line, no quoting; see ``pipeline/sources/inaturalist.py``) is written by DuckDB at each ``--photos``
+size: a taxon tree (kingdoms Plantae and Animalia, phyla down to species, ``ancestry`` root first), 1.3 photos per
+observation, 50 photos per observer, quality grades research/needs_id/casual (70/20/10), 80% plant observations,
+five photo licenses (one empty: all rights reserved), a few photos with a dangling observation.
+
+Ours: the crawl stage's unit for an ``inaturalist`` source (adapter, candidate rows with sample ids, captions,
+licenses, attribution, rejections with reasons; repeated-id check), as ``pipeline.runner`` runs it.
+Baseline: one DuckDB statement doing the same join and filter (research grade, under Plantae, a license, species
+rank) and writing url, page_url, license, rights holder, scientific name and a caption to Parquet (accepted rows
+only: no reasons, no sample ids). Each side runs in its own child process, so its peak RSS is its own.
+
+    python benchmarks/crawl.py                       # 100k and 1M photos
+    python benchmarks/crawl.py --photos 20000 200000 # a quick check
+Last line: RESULT crawl ratio=<duckdb s / ours s at the largest size> rss_growth=<our peak RSS largest / smallest>
+rows_per_s=<ours at the largest size>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+REPO = Path(__file__).resolve().parents[1]
+PLANTAE, ANIMALIA = 47126, 1
+FANOUT = 6  # children per taxon from phylum down to genus; species per genus
+RANKS = (("phylum", 60), ("class", 50), ("order", 40), ("family", 30), ("genus", 20), ("species", 10))
+
+
+def write_export(folder: Path, photos: int) -> None:
+    """The four tables of an iNaturalist export for ``photos`` photos, written by DuckDB."""
+    folder.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    observations = max(1, photos * 10 // 13)
+    observers = max(1, photos // 50)
+    species_per_kingdom = max(FANOUT, photos // 40)
+
+    def copy(sql: str, name: str) -> None:
+        con.execute(f"COPY ({sql}) TO '{folder / name}' (FORMAT csv, DELIMITER '\t', HEADER, QUOTE '')")
+
+    # Taxa: per kingdom a tree whose level L has ceil(species / FANOUT**(5-L)) nodes; node i of a level hangs
+    # under node i // FANOUT of the level above (the phyla under the kingdom). Ids: kingdom, then by level.
+    levels = []
+    for k, (kingdom, kingdom_name) in enumerate(((PLANTAE, "Plantae"), (ANIMALIA, "Animalia"))):
+        levels.append(f"SELECT {kingdom} AS taxon_id, '48460' AS ancestry, 70 AS rank_level, 'kingdom' AS rank, "
+                      f"'{kingdom_name}' AS name, true AS active")  # fmt: skip
+        parent = f"'48460/{kingdom}'"
+        for depth, (rank, level) in enumerate(RANKS):
+            count = -(-species_per_kingdom // FANOUT ** (len(RANKS) - 1 - depth))
+            base = 100_000 + k * 50_000_000 + depth * 5_000_000
+            parent_base = 100_000 + k * 50_000_000 + (depth - 1) * 5_000_000
+            up = f"a{k}_{depth - 1}"  # the level above, this kingdom's
+            ancestry = parent if depth == 0 else f"{up}.ancestry || '/' || {up}.taxon_id"
+            name = (f"'Genus' || (t.i // {FANOUT}) || ' species' || t.i" if rank == "species"
+                    else f"'{rank.title()}' || t.i")  # fmt: skip
+            con.execute(
+                f"""CREATE TEMP TABLE a{k}_{depth} AS
+                SELECT {base} + t.i AS taxon_id, {ancestry} AS ancestry, {level} AS rank_level, '{rank}' AS rank,
+                       {name} || '{kingdom_name[0]}' AS name, true AS active, t.i
+                FROM range({count}) t(i)
+                {"" if depth == 0 else f"JOIN {up} ON {up}.taxon_id = {parent_base} + t.i // {FANOUT}"}
+                """
+            )
+            levels.append(f"SELECT taxon_id, ancestry, rank_level, rank, name, active FROM a{k}_{depth}")
+        con.execute(f"CREATE TEMP TABLE species{k} AS SELECT taxon_id FROM a{k}_{len(RANKS) - 1}")
+    copy(" UNION ALL ".join(levels), "taxa.csv")
+    copy(
+        f"SELECT i AS observer_id, 'login' || i AS login, CASE WHEN i % 3 = 0 THEN '' ELSE 'Observer ' || i END "
+        f"AS name FROM range({observers}) t(i)",
+        "observers.csv",
+    )
+    n_plant = con.sql("SELECT count(*) FROM species0").fetchall()[0][0]
+    n_animal = con.sql("SELECT count(*) FROM species1").fetchall()[0][0]
+    con.execute("CREATE TEMP TABLE p AS SELECT row_number() OVER (ORDER BY taxon_id) - 1 AS n, taxon_id FROM species0")
+    con.execute("CREATE TEMP TABLE q AS SELECT row_number() OVER (ORDER BY taxon_id) - 1 AS n, taxon_id FROM species1")
+    con.execute(
+        f"""CREATE TEMP TABLE obs AS
+            SELECT md5('o' || i::VARCHAR)::UUID::VARCHAR AS observation_uuid, hash(i, 1) % {observers} AS observer_id,
+                   round(-60 + (hash(i, 2) % 120000) / 1000.0, 4) AS latitude,
+                   round(-180 + (hash(i, 3) % 360000) / 1000.0, 4) AS longitude, 10 AS positional_accuracy,
+                   coalesce(p.taxon_id, q.taxon_id) AS taxon_id,
+                   CASE WHEN hash(i, 4) % 10 < 7 THEN 'research' WHEN hash(i, 4) % 10 < 9 THEN 'needs_id'
+                        ELSE 'casual' END AS quality_grade,
+                   DATE '2020-01-01' + CAST(hash(i, 5) % 1500 AS INTEGER) AS observed_on, i
+            FROM range({observations}) t(i)
+            LEFT JOIN p ON hash(i, 6) % 10 < 8  -- plants: log-uniform species ranks (a long tail)
+                       AND p.n = CAST(floor(exp((hash(i, 7) % 1000003) / 1000003.0 * ln({n_plant}))) AS BIGINT) - 1
+            LEFT JOIN q ON hash(i, 6) % 10 >= 8 AND q.n = hash(i, 7) % {n_animal}"""
+    )
+    copy("SELECT * EXCLUDE (i) FROM obs ORDER BY i", "observations.csv")
+    licenses = "['CC-BY', 'CC-BY-NC', 'CC0', '', 'CC-BY-SA']"
+    copy(
+        f"""SELECT md5('p' || t.i::VARCHAR)::UUID AS photo_uuid, 1000 + t.i AS photo_id,
+                   CASE WHEN t.i % 997 = 0 THEN md5('missing' || t.i::VARCHAR)::UUID::VARCHAR
+                        ELSE o.observation_uuid::VARCHAR END AS observation_uuid,
+                   o.observer_id, ['jpg', 'jpeg', 'png'][1 + CAST(hash(t.i, 8) % 3 AS BIGINT)] AS extension,
+                   {licenses}[1 + CAST(hash(t.i, 9) % 5 AS BIGINT)] AS license, 2048 AS width, 1536 AS height,
+                   CAST(t.i % 2 AS INTEGER) AS position
+            FROM range({photos}) t(i) JOIN obs o ON o.i = t.i * {observations} // {photos}
+            ORDER BY t.i""",
+        "photos.csv",
+    )
+
+
+BARE_SQL = """
+COPY (
+    WITH taxa AS (SELECT * FROM read_csv('{d}/taxa.csv', delim='\t', quote='', header=true, all_varchar=true)),
+    photos AS (SELECT * FROM read_csv('{d}/photos.csv', delim='\t', quote='', header=true, all_varchar=true)),
+    observations AS (SELECT * FROM read_csv('{d}/observations.csv', delim='\t', quote='', header=true,
+                                            all_varchar=true)),
+    observers AS (SELECT * FROM read_csv('{d}/observers.csv', delim='\t', quote='', header=true, all_varchar=true))
+    SELECT 'https://inaturalist-open-data.s3.amazonaws.com/photos/' || p.photo_id || '/medium.' || p.extension AS url,
+           'https://www.inaturalist.org/photos/' || p.photo_id AS page_url, p.license,
+           coalesce(nullif(u.name, ''), u.login) AS rights_holder, t.name AS scientific_name,
+           'a photo of ' || t.name || ', a type of plant' AS caption
+    FROM photos p
+    JOIN observations o USING (observation_uuid)
+    JOIN taxa t ON t.taxon_id = o.taxon_id
+    JOIN observers u ON u.observer_id = p.observer_id
+    WHERE o.quality_grade = 'research' AND p.license <> '' AND t.rank = 'species'
+      AND (t.ancestry LIKE '48460/47126/%')
+) TO '{out}' (FORMAT parquet, COMPRESSION zstd)
+"""
+
+
+def run_bare(export: Path, out: Path) -> dict:
+    start = time.perf_counter()
+    con = duckdb.connect()
+    con.execute(BARE_SQL.format(d=export, out=out))
+    rows = con.sql(f"SELECT count(*) FROM '{out}'").fetchall()[0][0]
+    return {"seconds": time.perf_counter() - start, "rows": rows}
+
+
+def run_ours(export: Path, out: Path) -> dict:
+    from pipeline.core.config import Recipe, SourceSpec
+    from pipeline.core.harness import Build, run_unit
+    from pipeline.stages import stage_named
+
+    recipe = Recipe(
+        name="bench", output_dir=str(out), sources=[SourceSpec("inat", "inaturalist", {"directory": str(export)})]
+    )
+    start = time.perf_counter()
+    record = run_unit(stage_named("crawl"), Build.of(recipe), "inat")
+    return {
+        "seconds": time.perf_counter() - start,
+        "rows": record["stats"]["rows"],
+        "status": record["stats"]["status"],
+    }
+
+
+def child(side: str, export: str, out: str) -> None:
+    """Run one side in this (child) process; print its result and peak RSS as JSON."""
+    result = (run_bare if side == "bare" else run_ours)(Path(export), Path(out))
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def in_child(side: str, export: Path, out: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", side, str(export), str(out)],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    if done.returncode:
+        raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--photos", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--child", nargs=3, metavar=("SIDE", "EXPORT", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return
+    work = Path(tempfile.mkdtemp(prefix="plantmix-bench-crawl-"))
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    results = {}
+    try:
+        for photos in sorted(args.photos):
+            export = work / f"export-{photos}"
+            start = time.perf_counter()
+            write_export(export, photos)
+            size = sum(p.stat().st_size for p in export.iterdir()) / 2**20
+            print(
+                f"{photos} photos: export of {size:.0f} MiB written in {time.perf_counter() - start:.1f} s", flush=True
+            )
+            bare = in_child("bare", export, work / f"bare-{photos}.parquet")
+            ours = in_child("ours", export, work / f"ours-{photos}")
+            results[photos] = (bare, ours)
+            print(f"  bare DuckDB: {bare['seconds']:.1f} s, {bare['rows']} accepted rows, "
+                  f"peak {bare['peak_rss_mb']:.0f} MB")  # fmt: skip
+            print(f"  ours       : {ours['seconds']:.1f} s, {ours['rows']} rows {ours['status']}, "
+                  f"peak {ours['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+            shutil.rmtree(export)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    small, large = min(results), max(results)
+    bare, ours = results[large]
+    print(
+        f"RESULT crawl ratio={bare['seconds'] / ours['seconds']:.3f} "
+        f"rss_growth={ours['peak_rss_mb'] / results[small][1]['peak_rss_mb']:.2f} "
+        f"rows_per_s={ours['rows'] / ours['seconds']:.0f} photos={large} ours_s={ours['seconds']:.1f} "
+        f"duckdb_s={bare['seconds']:.1f} peak_mb={ours['peak_rss_mb']:.0f} small={small}"
+    )
+
+
+if __name__ == "__main__":
+    main()
