@@ -11,6 +11,7 @@ ASCII-compatible, and ``meta.xml`` at most ``MAX_META_XML_BYTES`` (it describes 
 from __future__ import annotations
 
 import posixpath
+import tarfile
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass, field
@@ -57,46 +58,100 @@ class FileSpec:
 
 
 class Archive:
-    """A DwC-A as a zip file or as the folder it unpacks to, local or at an fsspec URL (``s3://...``).
+    """A DwC-A as a zip file, a tar file (``.tgz``, ``.tar.gz``, ``.tar``) or the folder it unpacks to, local or at
+    an fsspec URL (``s3://...``).
 
-    A local archive is named as pathlib spells it, a URL as written. A remote zip is read in place: zipfile seeks
-    in the fsspec file, so only the zip's directory and the members read are fetched.
+    ``meta.xml`` is at the archive's root or, as many publishers pack it, in one folder inside it (``dwca/meta.xml``);
+    the files it names are read from that folder. A local archive is named as pathlib spells it, a URL as written.
+    A remote zip is read in place: zipfile seeks in the fsspec file, so only the zip's directory and the members
+    read are fetched. A compressed tar has no directory: each member read decompresses the stream up to it.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path: Path | str = Path(path) if is_local(path) else str(path).rstrip("/")
         self.zip: zipfile.ZipFile | None = None
-        if isdir(self.path):
-            return
-        if not isfile(self.path):
-            raise SourceError(f"{self.path}: Darwin Core Archive not found")
+        self.tar: tarfile.TarFile | None = None
+        self.prefix = ""  # the folder inside the archive that holds meta.xml ("" or "name/")
+        if not isdir(self.path):
+            if not isfile(self.path):
+                raise SourceError(f"{self.path}: Darwin Core Archive not found")
+            self._open_packed()
+        self.prefix = self._meta_folder()
+
+    def _open_packed(self) -> None:
+        stream = open_input(self.path)
         try:
-            self.zip = zipfile.ZipFile(open_input(self.path))
-        except (zipfile.BadZipFile, OSError) as exc:
+            self.zip = zipfile.ZipFile(stream)
+            return
+        except zipfile.BadZipFile as exc:
+            zip_problem = str(exc)
+        except OSError as exc:
+            raise SourceError(f"{self.path}: cannot read ({exc})") from None
+        try:
+            stream.seek(0)
+            self.tar = tarfile.open(fileobj=stream, mode="r:*")
+        except (tarfile.TarError, OSError, EOFError) as exc:
             raise SourceError(
-                f"{self.path}: not a readable zip archive ({exc}); expected a Darwin Core Archive"
+                f"{self.path}: not a readable zip ({zip_problem}) or tar archive ({exc}); expected a Darwin Core "
+                "Archive"
             ) from None
 
-    def member(self, name: str) -> str:
-        """Where a member of an unpacked archive is."""
-        return join(str(self.path), name)
-
-    def label(self, member: str) -> str:
-        return f"{self.path}!{member}" if self.zip else self.member(member)
-
-    def names(self) -> list[str]:
+    def _all_names(self) -> list[str]:
+        """Every file in the archive, as paths from its root."""
         if self.zip:
             return [name for name in self.zip.namelist() if not name.endswith("/")]
+        if self.tar:
+            return [member.name.removeprefix("./") for member in self.tar.getmembers() if member.isfile()]
         fs, root = url_to_fs(self.path)
         return sorted(posixpath.relpath(p, root) for p in fs.find(root))
 
+    def _meta_folder(self) -> str:
+        """ "" when meta.xml is at the root; else the one folder that holds a meta.xml (two are an error)."""
+        names = self._all_names()
+        if "meta.xml" in names:
+            return ""
+        nested = sorted(name for name in names if posixpath.basename(name) == "meta.xml")
+        if len(nested) > 1:
+            raise SourceError(
+                f"{self.path}: meta.xml in several folders ({', '.join(nested[:5])}); one archive per source"
+            )
+        return nested[0][: -len("meta.xml")] if nested else ""
+
+    def member(self, name: str) -> str:
+        """Where a member of an unpacked archive is."""
+        return join(str(self.path), self.prefix + name)
+
+    def label(self, member: str) -> str:
+        return f"{self.path}!{self.prefix}{member}" if self.zip or self.tar else self.member(member)
+
+    def names(self) -> list[str]:
+        """The files of the archive's meta.xml folder and below, as paths from that folder."""
+        return [name[len(self.prefix) :] for name in self._all_names() if name.startswith(self.prefix)]
+
     def open(self, member: str) -> IO[bytes]:
+        name = self.prefix + member
         try:
-            return self.zip.open(member) if self.zip else open_lines(self.member(member))
+            if self.zip:
+                return self.zip.open(name)
+            if self.tar:
+                stream = self.tar.extractfile(self._tar_member(name))
+                if stream is None:
+                    raise KeyError(name)
+                return stream
+            return open_lines(self.member(member))
         except (KeyError, FileNotFoundError):
             raise SourceError(f"{self.label(member)}: file not in archive") from None
-        except (zipfile.BadZipFile, OSError) as exc:
+        except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
             raise SourceError(f"{self.label(member)}: cannot read ({exc})") from None
+
+    def _tar_member(self, name: str) -> tarfile.TarInfo:
+        assert self.tar is not None
+        for candidate in (name, "./" + name):
+            try:
+                return self.tar.getmember(candidate)
+            except KeyError:
+                continue
+        raise KeyError(name)
 
     def core_and_extension(
         self, core_type: str, extension_type: str, required_terms: list[str]

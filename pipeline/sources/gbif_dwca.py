@@ -1,7 +1,7 @@
 """GBIF Darwin Core Archive (occurrence core + multimedia extension) -> candidate rows, one per multimedia row.
 
-Format: Darwin Core text guide (https://dwc.tdwg.org/text/): a zip (or its unpacked folder) whose ``meta.xml``
-declares the core and extension files, their ``encoding``, ``fieldsTerminatedBy``, ``linesTerminatedBy``,
+Format: Darwin Core text guide (https://dwc.tdwg.org/text/): a zip, a tar (``.tgz``, ``.tar.gz``, ``.tar``) or
+the folder either unpacks to, with ``meta.xml`` at its root or in one folder inside it; ``meta.xml`` declares the core and extension files, their ``encoding``, ``fieldsTerminatedBy``, ``linesTerminatedBy``,
 ``fieldsEnclosedBy``, ``ignoreHeaderLines``, the ``<id>``/``<coreid>`` column and a ``<field index term>`` per
 column (or ``<field default term>`` constants). Columns are found only through those term URIs, never by position.
 Images come from GBIF's Multimedia extension (http://rs.gbif.org/terms/1.0/Multimedia, row type of
@@ -76,7 +76,7 @@ STILL_IMAGE = ("stillimage", "http://purl.org/dc/dcmitype/stillimage")
 
 @dataclass
 class Config:
-    path: str  # DwC-A zip (e.g. a GBIF download) or the folder it unpacks to; local or an fsspec URL (s3://...)
+    path: str  # DwC-A zip (e.g. a GBIF download), tar(.gz) or unpacked folder; local or an fsspec URL (s3://...)
     name: str = "gbif"  # registry name written to the `source` column
     min_rank: str | None = "species"  # reject identifications coarser than this taxonRank; None = any rank
     kingdoms: tuple[str, ...] = ("Plantae",)  # accepted kingdoms (dwc:kingdom); empty = all

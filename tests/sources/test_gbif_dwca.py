@@ -1,3 +1,5 @@
+import io
+import tarfile
 import zipfile
 
 import pyarrow as pa
@@ -68,8 +70,51 @@ def test_unpacked_folder_works(tmp_path, ctx):
 def test_broken_zip(tmp_path, ctx):
     path = tmp_path / "broken.zip"
     path.write_bytes(b"PK\x03\x04 this is not a zip")
-    with pytest.raises(SourceError, match=r"broken.zip: not a readable zip archive"):
+    with pytest.raises(SourceError, match=r"broken.zip: not a readable zip \(.*\) or tar archive"):
         crawl(path, ctx)
+
+
+def _repack(zip_path, out, mode: str, folder: str = "") -> None:
+    """The members of a zip DwC-A written into ``out`` (a zip or tar, per ``mode``) under ``folder``."""
+    with zipfile.ZipFile(zip_path) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    if mode == "zip":
+        with zipfile.ZipFile(out, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(folder + name, data)
+        return
+    with tarfile.open(out, mode) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(folder + name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize(
+    "name, mode, folder",
+    [("nested.zip", "zip", "dwca-2024/"), ("a.tgz", "w:gz", ""), ("b.tar.gz", "w:gz", "export/"), ("c.tar", "w", "")],
+)
+def test_archives_packed_in_a_folder_or_as_tar_read_like_the_zip(tmp_path, ctx, name, mode, folder):
+    """As python-dwca-reader's test archives (and many publishers) pack them: meta.xml one folder down, or a tarball."""
+    expected = crawl(write_dwca(tmp_path / "dwca.zip"), ctx)
+    _repack(tmp_path / "dwca.zip", tmp_path / name, mode, folder)
+    rows = crawl(tmp_path / name, ctx)
+    assert rows[0]["input_file"].endswith(f"{name}!{folder}multimedia.txt")
+    same = ("sample_id", "url", "status", "license", "caption", "scientific_name", "taxonomy")
+    assert [[r[k] for k in same] for r in rows] == [[r[k] for k in same] for r in expected]
+    relabel = {str(tmp_path / "dwca.zip") + "!": f"{tmp_path / name}!{folder}"}
+    assert [r["error"] for r in rows] == [
+        r["error"] and r["error"].replace(*next(iter(relabel.items()))) for r in expected
+    ]
+
+
+def test_an_archive_with_two_meta_xml_folders_is_refused(tmp_path, ctx):
+    write_dwca(tmp_path / "dwca.zip")
+    _repack(tmp_path / "dwca.zip", tmp_path / "one.zip", "zip", "one/")
+    with zipfile.ZipFile(tmp_path / "one.zip", "a") as archive:
+        archive.writestr("two/meta.xml", meta_xml())
+    with pytest.raises(SourceError, match=r"one.zip: meta.xml in several folders \(one/meta.xml, two/meta.xml\)"):
+        crawl(tmp_path / "one.zip", ctx)
 
 
 def test_missing_and_invalid_meta_xml(tmp_path, ctx):
