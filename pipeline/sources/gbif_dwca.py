@@ -1,9 +1,10 @@
 """GBIF Darwin Core Archive (occurrence core + multimedia extension) -> candidate rows, one per multimedia row.
 
 Format: Darwin Core text guide (https://dwc.tdwg.org/text/): a zip, a tar (``.tgz``, ``.tar.gz``, ``.tar``) or
-the folder either unpacks to, with ``meta.xml`` at its root or in one folder inside it; ``meta.xml`` declares the core and extension files, their ``encoding``, ``fieldsTerminatedBy``, ``linesTerminatedBy``,
-``fieldsEnclosedBy``, ``ignoreHeaderLines``, the ``<id>``/``<coreid>`` column and a ``<field index term>`` per
-column (or ``<field default term>`` constants). Columns are found only through those term URIs, never by position.
+the folder either unpacks to, with ``meta.xml`` at its root or in one folder inside it; ``meta.xml`` declares the
+core and extension files, their ``encoding``, ``fieldsTerminatedBy``, ``linesTerminatedBy``, ``fieldsEnclosedBy``,
+``ignoreHeaderLines``, the ``<id>``/``<coreid>`` column and a ``<field index term>`` per column (or ``<field
+default term>`` constants). Columns are found only through those term URIs, never by position.
 Images come from GBIF's Multimedia extension (http://rs.gbif.org/terms/1.0/Multimedia, row type of
 ``multimedia.txt`` in GBIF downloads): ``dc:identifier`` is the image URL, ``dc:type`` must be ``StillImage``
 (``Sound``/``MovingImage`` rows are rejected; an empty type is accepted when ``dc:format`` is ``image/*``),

@@ -1,8 +1,8 @@
 """General-domain url+caption pools (LAION / DataComp / CC12M style) -> candidate rows, one per pool row.
 
 Formats: Parquet (as LAION and DataComp publish their metadata: https://laion.ai/blog/laion-5b/,
-https://github.com/mlfoundations/datacomp), CSV / TSV with a header line (CC12M publishes a two-column TSV without
-header: give ``format: tsv`` and a file with a header, or convert), and JSON Lines (one object per line). Text
+https://github.com/mlfoundations/datacomp), CSV / TSV with a header line or without one (CC12M publishes
+``url<TAB>caption`` with no header: ``columns: [url, caption]`` names them), and JSON Lines (one object per line). Text
 files may be gzipped. Column names are configuration (``url_col``, ``caption_col``, optional ``id_col``,
 ``license_col``, ``rights_holder_col``); the caption is kept as ``original_text`` and chosen with
 ``caption_kind = "original"`` (rows have no taxon, so every caption style falls back to it).
@@ -57,6 +57,7 @@ class Config:
     # a local path or an fsspec URL (s3://bucket/pool/, gs://..., hf://datasets/...)
     name: str = "pool"  # registry name written to the `source` column
     format: str | None = None  # parquet | csv | tsv | jsonl; None = from the file extension
+    columns: list[str] | None = None  # a headerless csv/tsv's column names in order (CC12M: [url, caption])
     url_col: str = "url"  # image URL column
     caption_col: str = "caption"  # alt text / caption column
     id_col: str | None = None  # stable per-row id (e.g. DataComp "uid"); None = derive sample_id from the URL
@@ -78,6 +79,12 @@ class Config:
             raise ConfigError(
                 f"{where}: format {self.format!r} unknown; expected one of {sorted(set(FORMATS.values()))}"
             )
+        if self.columns is not None:
+            if self.format not in ("csv", "tsv"):
+                raise ConfigError(f"{where}: columns names a headerless csv/tsv's columns; {self.format} has its own")
+            if isinstance(self.columns, str) or not self.columns or not all(isinstance(c, str) for c in self.columns):
+                raise ConfigError(f"{where}: columns must be a list of column names, e.g. [url, caption]")
+            self.columns = list(self.columns)
         self.url_rewrite = check_url_rewrite(self.url_rewrite, where)
 
     @classmethod
@@ -85,13 +92,13 @@ class Config:
         return config_from_dict(cls, options, "url_caption_pool options")
 
     @property
-    def columns(self) -> list[str]:
+    def used_columns(self) -> list[str]:
         optional = (self.id_col, self.license_col, self.rights_holder_col)
         return [self.url_col, self.caption_col, *(c for c in optional if c)]
 
 
 def _missing(config: Config, found: list[str], label: str) -> None:
-    missing = [c for c in config.columns if c not in found]
+    missing = [c for c in config.used_columns if c not in found]
     if missing:
         raise SourceError(f"{label}: missing configured column(s) {missing}; found columns {found}")
 
@@ -106,7 +113,7 @@ def _parquet(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], s
         if parquet.metadata.num_rows == 0:
             raise SourceError(f"{path}: empty file (0 rows)")
         number = 0
-        for batch in parquet.iter_batches(batch_size=8192, columns=config.columns):
+        for batch in parquet.iter_batches(batch_size=8192, columns=config.used_columns):
             for values in batch.to_pylist():
                 number += 1
                 yield number, values, None
@@ -121,7 +128,8 @@ def _parquet_file(path: str) -> pq.ParquetFile:
 
 def _delimited(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], str | None]]:
     delimiter = "\t" if config.format == "tsv" else ","
-    for record in read_table(path, required=config.columns, delimiter=delimiter, quotechar='"'):
+    records = read_table(path, required=config.used_columns, delimiter=delimiter, quotechar='"', names=config.columns)
+    for record in records:
         yield record.row, record.values, (f"line {record.line}: {record.problem}" if record.problem else None)
 
 
@@ -150,7 +158,7 @@ def _jsonl(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], str
                 _missing(config, sorted(values), path)
             yield number, values, None
     if number == 0:
-        raise SourceError(f"{path}: empty file; expected JSON Lines with keys {config.columns}")
+        raise SourceError(f"{path}: empty file; expected JSON Lines with keys {config.used_columns}")
 
 
 def _text(value: Any, types: tuple[type, ...]) -> tuple[str | None, str | None]:
@@ -210,7 +218,7 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
 
 def _read_file(config: Config, ctx: CrawlContext, path: str, rows: Iterator) -> Iterator[dict]:
     for number, values, problem in rows:
-        checked = {c: _text(values.get(c), ID_TYPES if c == config.id_col else (str,)) for c in config.columns}
+        checked = {c: _text(values.get(c), ID_TYPES if c == config.id_col else (str,)) for c in config.used_columns}
         text = {column: value for column, (value, _) in checked.items()}
         url = (text[config.url_col] or "").strip()
         partial: dict[str, Any] = {
@@ -224,7 +232,7 @@ def _read_file(config: Config, ctx: CrawlContext, path: str, rows: Iterator) -> 
             "input_file": path,
             "input_row": number,
         }
-        missing = [column for column in config.columns if column not in values]
+        missing = [column for column in config.used_columns if column not in values]
         wrong = [(column, why) for column, (_, why) in checked.items() if why]
         if problem:
             reject(partial, "(row)", problem)

@@ -176,19 +176,26 @@ def read_table(
     quotechar: str | None = None,
     encoding: str = "utf-8",
     label: str | None = None,
+    names: list[str] | None = None,
 ) -> Iterator[Record]:
-    """Stream a headed table as :class:`Record` s; the header is checked before the first record is yielded."""
+    """Stream a headed table as :class:`Record` s; the header is checked before the first record is yielded.
+
+    ``names``: the columns of a table without a header line (its first line is data), e.g. CC12M's TSV.
+    """
     label = label or str(path)
     binary = open_binary(path)
     rows = iter_rows(binary, label, delimiter=delimiter, quotechar=quotechar, encoding=encoding)
-    try:
-        _, header = next(rows)
-    except StopIteration:
-        binary.close()
-        raise SourceError(f"{label}: empty file; expected a header with columns {sorted(set(required))}") from None
-    except SourceError:
-        binary.close()
-        raise
+    if names is not None:
+        header = list(names)
+    else:
+        try:
+            _, header = next(rows)
+        except StopIteration:
+            binary.close()
+            raise SourceError(f"{label}: empty file; expected a header with columns {sorted(set(required))}") from None
+        except SourceError:
+            binary.close()
+            raise
     header = [name.strip() for name in header]
     missing = [name for name in required if name not in header]
     if missing:

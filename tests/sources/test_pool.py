@@ -171,3 +171,24 @@ def test_pretty_printed_json_array_is_refused_with_a_clear_error(tmp_path, ctx):
     path.write_text(json.dumps([{"url": "https://x.org/1.jpg", "caption": "a"}], indent=2))
     with pytest.raises(SourceError, match=r"pool.json line 1: the file is a JSON array .*not JSON Lines"):
         crawl(path, ctx)
+
+
+def test_a_headerless_tsv_is_read_with_the_columns_option(tmp_path, ctx):
+    """CC12M's layout: ``url<TAB>caption``, no header line (its first line is a row)."""
+    path = tmp_path / "cc12m.tsv.gz"
+    lines = ["https://img.example.org/1.jpg\tA <PERSON> on a red bike", "https://img.example.org/2.jpg\tthree\tfields"]
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    first, second = crawl(path, ctx, columns=["url", "caption"])
+    assert (first["url"], first["original_text"], first["status"]) == (
+        lines[0].split("\t")[0],
+        "A <PERSON> on a red bike",
+        "pending",
+    )
+    assert first["input_row"] == 1 and first["sample_id"] == sample_id_for("pool", first["url"])
+    assert (
+        second["status"] == "rejected" and "row 2, field (row): line 2: expected 2 fields, found 3" in second["error"]
+    )
+    with pytest.raises(ConfigError, match="columns names a headerless csv/tsv"):
+        crawl(tmp_path / "x.parquet", ctx, columns=["url", "caption"])
+    with pytest.raises(ConfigError, match="columns must be a list"):
+        crawl(path, ctx, columns="url,caption")
