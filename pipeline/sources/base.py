@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from pipeline.core.config import DuckDBConfig
 from pipeline.core.schema import CANDIDATE_SCHEMA, STATUS_PENDING, STATUS_REJECTED, TAXONOMY_RANKS, sample_id_for
 from pipeline.net.urls import UnsafeURL, to_uri
 from pipeline.sources import captions, licenses
@@ -36,6 +37,7 @@ class ConfigError(ValueError):
 class CrawlContext:
     caption_style: str = "dalip"  # one of pipeline.sources.captions.CAPTION_STYLES, chosen by the recipe
     allowed_schemes: tuple[str, ...] = WEB_SCHEMES  # URL schemes a crawled web source may emit
+    duckdb: DuckDBConfig | None = None  # limits for adapters that join their export in DuckDB (the recipe's)
 
     def __post_init__(self) -> None:
         if self.caption_style not in captions.CAPTION_STYLES:
@@ -123,24 +125,11 @@ def build_row(partial: Mapping[str, Any], ctx: CrawlContext, allowed_schemes: tu
     row["sample_id"] = sample_id_for(row["source"], str(record))
 
     schemes = allowed_schemes if allowed_schemes is not None else ctx.allowed_schemes
-    url = row["url"] or ""
-    scheme, invalid = _scheme_of(url)
-    if not url:
-        reject(row, "url", "empty image URL")
-    elif invalid:
-        reject(row, "url", f"invalid URL ({invalid}): {url[:200]}")
-    elif scheme not in schemes:
-        reject(
-            row, "url", f"URL scheme {scheme or '(none)'!r} not allowed (allowed: {', '.join(schemes)}): {url[:200]}"
-        )
-    else:
-        try:
-            uri = to_uri(url)  # the IRI as a client sends it; the export's spelling kept beside it
-        except UnsafeURL as err:
-            reject(row, "url", str(err))
-        else:
-            if uri != url:
-                row["url"], row["url_original"] = uri, url
+    uri, url_error = check_url(row["url"], schemes)
+    if url_error:
+        reject(row, "url", url_error)
+    elif uri != row["url"]:  # the IRI as a client sends it; the export's spelling kept beside it
+        row["url"], row["url_original"] = uri, row["url"]
 
     raw_license = row["license"]
     try:
@@ -161,6 +150,22 @@ def build_row(partial: Mapping[str, Any], ctx: CrawlContext, allowed_schemes: tu
     except captions.NoCaption as exc:
         reject(row, "caption", str(exc))
     return row
+
+
+def check_url(url: str | None, schemes: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """``(uri, None)`` for a usable (already stripped) URL, its IRI percent-encoded; ``(None, why)`` otherwise."""
+    url = url or ""
+    scheme, invalid = _scheme_of(url)
+    if not url:
+        return None, "empty image URL"
+    if invalid:
+        return None, f"invalid URL ({invalid}): {url[:200]}"
+    if scheme not in schemes:
+        return None, f"URL scheme {scheme or '(none)'!r} not allowed (allowed: {', '.join(schemes)}): {url[:200]}"
+    try:
+        return to_uri(url), None
+    except UnsafeURL as err:
+        return None, str(err)
 
 
 def _scheme_of(url: str) -> tuple[str, str | None]:

@@ -19,13 +19,12 @@ Attribution follows iNaturalist: ``"(c) <name or login>, some rights reserved (C
 ``source_record_id`` is ``"{photo_id}:{observation_uuid}"``: photo_id alone repeats in real exports (one photo
 attached to two observations), and a sample_id must not.
 
-Memory: ``photos.csv`` streams; observations, taxa and observers are held in dicts keyed by id (roughly 100 bytes
-per observation: a full export of ~200M observations needs tens of GB). For the full export, first cut the tables
-to the taxa you want with DuckDB, e.g. ``COPY (SELECT o.* FROM read_csv('observations.csv.gz', delim='\\t',
-quote='') o JOIN read_csv('taxa.csv.gz', delim='\\t', quote='') t USING (taxon_id) WHERE t.ancestry LIKE
-'48460/47126%') TO 'observations.csv' (DELIMITER '\\t', QUOTE '')``, and crawl the cut.
+Scale: the join, the filters and every column are one DuckDB query (``pipeline.sources.duck_rules`` holds the
+shared row rules in SQL), streamed out in Arrow batches in ``photos.csv`` order; DuckDB spills past the recipe's
+``duckdb.memory_limit``, so the full export (hundreds of millions of photos) crawls without cutting it first.
+Python runs once per distinct license and per taxon, never per photo (``benchmarks/crawl.py``).
 An id that repeats in observations, taxa, observers or common_names raises ``SourceError`` naming the file, the
-row and the id (a photo would otherwise join to whichever row came last).
+row and the id (a photo would otherwise join to whichever row came last); so does a malformed row there.
 """
 
 from __future__ import annotations
@@ -35,19 +34,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from pipeline.core import duck
+from pipeline.core.duck import literal
 from pipeline.core.io import is_local, isfile, join
-from pipeline.core.schema import TAXONOMY_RANKS
+from pipeline.core.schema import CANDIDATE_SCHEMA, TAXONOMY_RANKS
+from pipeline.sources import duck_rules, duck_text
 from pipeline.sources.base import (
+    RANK_LEVELS,
     ConfigError,
     CrawlContext,
     SourceError,
-    apply_taxon_filter,
-    build_row,
     check_taxon_filter,
     check_url_rewrite,
     config_from_dict,
-    reject,
-    rewrite_url,
 )
 from pipeline.sources.textfiles import read_table
 
@@ -123,83 +124,231 @@ def _lookup(path: str, key: str, columns: tuple[str, ...], delimiter: str = "\t"
     return table
 
 
-class _Taxonomy:
-    """Resolves a taxon id to (name, rank, taxonomy dict) through ``ancestry``, memoised per taxon."""
-
-    def __init__(self, taxa: dict[str, dict[str, str | None]]) -> None:
-        self.taxa, self.cache = taxa, {}
-
-    def resolve(self, taxon_id: str) -> tuple[str | None, str | None, dict[str, str]] | None:
-        if taxon_id not in self.taxa:
-            return None
-        if taxon_id not in self.cache:
-            taxon = self.taxa[taxon_id]
-            chain = [t for t in (taxon["ancestry"] or "").split("/") if t] + [taxon_id]
-            ranks: dict[str, str] = {}
-            for node_id in chain:
-                node = self.taxa.get(node_id)
-                if node and node["rank"] in TAXONOMY_RANKS and node["name"]:
-                    ranks[node["rank"]] = node["name"]
-            self.cache[taxon_id] = (taxon["name"], taxon["rank"], ranks)
-        return self.cache[taxon_id]
-
-
 def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
-    """Yield one candidate row per ``photos.csv`` row (rejected rows included, with their reason)."""
-    directory = config.directory
-    photos_path = _table(directory, "photos")
-    observations = _lookup(_table(directory, "observations"), "observation_uuid", OBSERVATION_COLUMNS)
-    taxonomy = _Taxonomy(_lookup(_table(directory, "taxa"), "taxon_id", TAXA_COLUMNS))
-    observers = _lookup(_table(directory, "observers"), "observer_id", OBSERVER_COLUMNS)
-    common: dict[str, dict] = {}
-    if config.common_names:
-        path = _inside(directory, config.common_names)
-        common = _lookup(path, "taxon_id", ("taxon_id", "common_name"), delimiter=",", quote='"')
+    """One candidate row (a dict) per ``photos.csv`` row, rejected rows included; see :func:`read_batches`."""
+    for batch in read_batches(config, ctx):
+        for row in batch.to_pylist():
+            if row["caption_variants"] is not None:
+                row["caption_variants"] = dict(row["caption_variants"])
+            yield row
 
-    for record in read_table(photos_path, required=PHOTO_COLUMNS):
-        photo = record.values
-        photo_id, observation_uuid = photo["photo_id"] or "", photo["observation_uuid"] or ""
-        partial: dict[str, Any] = {
-            "source": config.name,
-            "source_record_id": f"{photo_id}:{observation_uuid}" if photo_id else None,
-            "domain": "plant",
-            "page_url": f"https://www.inaturalist.org/photos/{photo_id}" if photo_id else None,
-            "license": photo["license"],
-            "input_file": photos_path,
-            "input_row": record.row,
-        }
-        if photo_id and photo["extension"]:
-            url = f"{config.base_url}/photos/{photo_id}/{config.size}.{photo['extension']}"
-            partial["url"] = rewrite_url(url, config.url_rewrite or {})
-        if record.problem:
-            reject(partial, "(row)", f"line {record.line}: {record.problem}")
-        elif not photo_id or not photo["extension"]:
-            reject(partial, "photo_id" if not photo_id else "extension", "empty; cannot build the image URL")
-        observer = observers.get(photo["observer_id"] or "")
-        if observer:
-            partial["rights_holder"] = observer["name"] or observer["login"]
-        else:
-            reject(partial, "observer_id", f"observer {photo['observer_id']!r} not in observers.csv (no attribution)")
-        observation = observations.get(observation_uuid)
-        if observation is None:
-            reject(partial, "observation_uuid", f"observation {observation_uuid!r} not in observations.csv")
-            yield build_row(partial, ctx)
-            continue
-        taxon_id = observation["taxon_id"] or ""
-        resolved = taxonomy.resolve(taxon_id)
-        if resolved is None:
-            reject(partial, "observations.taxon_id", f"taxon {taxon_id!r} not in taxa.csv (unidentified observation)")
-        else:
-            name, rank, ranks = resolved
-            partial.update(scientific_name=name, taxon_rank=rank, taxonomy=ranks)
-            partial["common_name"] = (common.get(taxon_id) or {}).get("common_name") or None
-        if resolved is not None:  # kingdom first: "not a plant" is the most telling reason
-            apply_taxon_filter(partial, config.kingdoms, config.min_rank, "taxa.rank", "taxa.ancestry")
-        grade = observation["quality_grade"]
-        if config.quality_grades and grade not in config.quality_grades:
-            reject(
-                partial,
-                "observations.quality_grade",
-                f"quality grade {grade or '(empty)'} not in [{', '.join(config.quality_grades)}]",
+
+def read_batches(config: Config, ctx: CrawlContext, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """Candidate rows as Arrow batches of ``CANDIDATE_SCHEMA``, in ``photos.csv`` order (every row, with reasons)."""
+    directory = config.directory
+    paths = {stem: _table(directory, stem) for stem in ("photos", "observations", "taxa", "observers")}
+    common_path = _inside(directory, config.common_names) if config.common_names else None
+    con = duck.connect(ctx.duckdb, *paths.values(), *([common_path] if common_path else []))
+    try:
+        for stem, key, columns in (
+            ("observations", "observation_uuid", OBSERVATION_COLUMNS),
+            ("taxa", "taxon_id", TAXA_COLUMNS),
+            ("observers", "observer_id", OBSERVER_COLUMNS),
+        ):
+            duck_text.load_table(con, stem, paths[stem], required=columns, columns=columns)
+            duck_text.check_lookup(con, stem, paths[stem], key)
+        common = {}
+        if common_path:
+            common = _lookup(common_path, "taxon_id", ("taxon_id", "common_name"), delimiter=",", quote='"')
+        con.register("common_names", _common_table(common))
+        duck_text.load_table(con, "photos", paths["photos"], required=PHOTO_COLUMNS, columns=PHOTO_COLUMNS)
+        duck_rules.register_udfs(con, ctx.allowed_schemes)
+        _create_taxon_table(con)
+        duck_rules.create_caption_table(
+            con,
+            "captions",
+            "SELECT taxon_id AS k, name AS scientific_name, common_name, taxonomy, NULL AS original_text FROM taxon",
+            ctx.caption_style,
+        )
+        duck_rules.create_license_table(con, "licenses", "SELECT license FROM photos")
+        reader = con.sql(_candidates_sql(config, ctx, paths["photos"])).to_arrow_reader(batch_rows)
+        for batch in reader:
+            yield pa.RecordBatch.from_arrays(batch.columns, schema=CANDIDATE_SCHEMA)
+    finally:
+        con.close()
+
+
+def _common_table(common: dict[str, dict]) -> pa.Table:
+    names = [(row.get("common_name") or None) for row in common.values()]
+    return pa.table(
+        {"taxon_id": list(common), "common_name": names},
+        schema=pa.schema([("taxon_id", pa.string()), ("common_name", pa.string())]),
+    )
+
+
+def _create_taxon_table(con) -> None:
+    """``taxon(taxon_id, name, rank, taxonomy, common_name)`` for the taxa observations name.
+
+    The taxonomy of a taxon walks its ``ancestry`` (root first) and itself: each node with a rank of
+    ``TAXONOMY_RANKS`` and a name sets that rank, the deepest node last.
+    """
+    ranks = ", ".join(f"'{rank}'" for rank in TAXONOMY_RANKS)
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE taxon AS
+        WITH used AS (
+            SELECT taxa.* FROM taxa SEMI JOIN (SELECT DISTINCT taxon_id FROM observations) o USING (taxon_id)
+        ), chains AS (
+            SELECT taxon_id,
+                   list_append(list_filter(string_split(coalesce(ancestry, ''), '/'), lambda x: x <> ''), taxon_id)
+                       AS nodes
+            FROM used
+        ), chain AS (
+            SELECT taxon_id, unnest(nodes) AS node, unnest(range(1, len(nodes) + 1)) AS depth FROM chains
+        ), named AS (
+            SELECT chain.taxon_id, n.rank, arg_max(n.name, chain.depth) AS name
+            FROM chain JOIN taxa n ON n.taxon_id = chain.node
+            WHERE n.rank IN ({ranks}) AND n.name <> ''
+            GROUP BY ALL
+        )
+        SELECT u.taxon_id, any_value(u.name) AS name, any_value(u.rank) AS rank,
+               {duck_rules.taxonomy_struct_sql("named.rank", "named.name")} AS taxonomy,
+               any_value(c.common_name) AS common_name
+        FROM used u LEFT JOIN named USING (taxon_id) LEFT JOIN common_names c USING (taxon_id)
+        GROUP BY u.taxon_id
+        """
+    )
+
+
+def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
+    """Photos joined to observer, observation, taxon, caption and license; the first failing rule is the error.
+
+    Rules in the order the dict-per-row adapter applied them (first wins): a malformed line, no photo id or
+    extension, unknown observer, unknown observation, unknown taxon, kingdom, rank, quality grade, then
+    ``build_row``'s URL, license and caption.
+    """
+    rules = duck_rules
+
+    def error(field: str, message: str) -> str:
+        return rules.located_error_sql(photos_path, "data_row", field, message)
+
+    def listed(values: tuple[str, ...]) -> str:
+        return "[" + ", ".join(literal(v) for v in values) + "]"
+
+    url = _rewrite_sql(
+        f"{literal(config.base_url + '/photos/')} || photo_id || {literal('/' + config.size + '.')} || extension",
+        config.url_rewrite or {},
+    )
+
+    def rule(condition: str, field: str, message: str) -> str:
+        return f"WHEN {condition} THEN {error(field, message)}"
+
+    empty = literal("empty; cannot build the image URL")
+    rules_sql = [
+        rule("problem IS NOT NULL", "(row)", "'line ' || line || ': ' || problem"),
+        rule("photo_id = ''", "photo_id", empty),
+        rule("extension = ''", "extension", empty),
+        rule(
+            "observer_found IS NULL",
+            "observer_id",
+            _message("observer ", rules.repr_sql("observer_id"), " not in observers.csv (no attribution)"),
+        ),
+        rule(
+            "observation_found IS NULL",
+            "observation_uuid",
+            _message("observation ", rules.repr_sql("observation_uuid"), " not in observations.csv"),
+        ),
+        rule(
+            "taxon_found IS NULL",
+            "observations.taxon_id",
+            _message("taxon ", rules.repr_sql("taxon_id"), " not in taxa.csv (unidentified observation)"),
+        ),
+    ]
+    if config.kingdoms:
+        shown = literal(f" not in [{', '.join(config.kingdoms)}]")
+        rules_sql.append(
+            rule(
+                f"kingdom IS NULL OR NOT list_contains({listed(config.kingdoms)}, kingdom)",
+                "taxa.ancestry",
+                f"'taxon filter: kingdom ' || coalesce(kingdom, '(unknown)') || {shown}",
             )
-        yield build_row(partial, ctx)
+        )
+    if config.min_rank is not None:
+        levels = " ".join(f"WHEN {literal(rank)} THEN {level}" for rank, level in RANK_LEVELS.items())
+        shown = literal(f" is coarser than min_rank {config.min_rank}")
+        rules_sql.append(
+            rule(
+                f"coalesce((CASE rank_lower {levels} END) > {RANK_LEVELS[config.min_rank]}, true)",
+                "taxa.rank",
+                f"'taxon filter: rank ' || coalesce(nullif(rank_lower, ''), '(unknown)') || {shown}",
+            )
+        )
+    if config.quality_grades:
+        shown = literal(f" not in [{', '.join(config.quality_grades)}]")
+        rules_sql.append(
+            rule(
+                f"NOT list_contains({listed(config.quality_grades)}, quality_grade)",
+                "observations.quality_grade",
+                f"'quality grade ' || coalesce(nullif(quality_grade, ''), '(empty)') || {shown}",
+            )
+        )
+    no_caption = literal(rules.no_caption_error(ctx.caption_style))
+    rules_sql += [
+        rule("checked.error IS NOT NULL", "url", "checked.error"),
+        rule("license_error IS NOT NULL", "license", "license_error"),
+        rule("caption IS NULL", "caption", f"coalesce(caption_error, {no_caption})"),
+    ]
+    record = (
+        "CASE WHEN photo_id <> '' THEN photo_id || ':' || observation_uuid ELSE "
+        + literal(photos_path + ":")
+        + " || data_row END"
+    )
+    return f"""
+    WITH joined AS (
+        SELECT p.data_row, p.line, p.problem, coalesce(p.photo_id, '') AS photo_id,
+               coalesce(p.extension, '') AS extension, coalesce(p.observation_uuid, '') AS observation_uuid,
+               p.observer_id, p.license AS raw_license,
+               u.observer_id AS observer_found, CASE WHEN u.name <> '' THEN u.name ELSE u.login END AS rights_holder,
+               o.observation_uuid AS observation_found, o.taxon_id, o.quality_grade,
+               t.taxon_id AS taxon_found, t.name AS scientific_name, t.rank AS taxon_rank, t.taxonomy,
+               t.taxonomy.kingdom AS kingdom, t.common_name,
+               c.caption_variants, c.caption, c.caption_kind, c.caption_error,
+               l.code AS license_code, l.url AS license_url, l.prefix, l.suffix, l.error AS license_error
+        FROM photos p
+        LEFT JOIN observers u ON u.observer_id = coalesce(p.observer_id, '')
+        LEFT JOIN observations o ON o.observation_uuid = coalesce(p.observation_uuid, '')
+        LEFT JOIN taxon t ON t.taxon_id = o.taxon_id
+        LEFT JOIN captions c ON c.k = t.taxon_id
+        LEFT JOIN licenses l ON l.raw = coalesce(p.license, '')
+    ), urls AS (
+        SELECT *, {rules.lower_sql("taxon_rank")} AS rank_lower,
+               CASE WHEN photo_id <> '' AND extension <> '' THEN nullif({rules.strip_sql(url)}, '') END AS url_stripped
+        FROM joined
+    ), checked AS (
+        SELECT *, {rules.url_check_sql("url_stripped", ctx.allowed_schemes)} AS checked FROM urls
+    ), decided AS (
+        SELECT *, CASE {" ".join(rules_sql)} END AS error FROM checked
+    )
+    SELECT {rules.sample_id_sql(config.name, record)} AS sample_id,
+           {literal(config.name)} AS source,
+           CASE WHEN photo_id <> '' THEN photo_id || ':' || observation_uuid END AS source_record_id,
+           'plant' AS domain,
+           CASE WHEN checked.error IS NULL THEN checked.url ELSE url_stripped END AS url,
+           CASE WHEN checked.error IS NULL AND checked.url <> url_stripped THEN url_stripped END AS url_original,
+           CASE WHEN photo_id <> '' THEN 'https://www.inaturalist.org/photos/' || photo_id END AS page_url,
+           caption, caption_kind, caption_variants, NULL::VARCHAR AS original_text,
+           scientific_name, common_name, taxon_rank, taxonomy,
+           CASE WHEN license_error IS NULL THEN license_code ELSE nullif(raw_license, '') END AS license,
+           license_url, rights_holder,
+           CASE WHEN license_error IS NULL THEN prefix || {rules.attribution_who_sql("rights_holder")} || suffix END
+               AS attribution,
+           CASE WHEN error IS NULL THEN 'pending' ELSE 'rejected' END AS status, error,
+           {literal(photos_path)} AS input_file, data_row AS input_row
+    FROM decided
+    ORDER BY data_row
+    """
+
+
+def _message(before: str, value_sql: str, after: str) -> str:
+    return f"{literal(before)} || {value_sql} || {literal(after)}"
+
+
+def _rewrite_sql(url_sql: str, rewrites: dict[str, str]) -> str:
+    """:func:`pipeline.sources.base.rewrite_url` in SQL: the longest matching prefix is replaced."""
+    expr = url_sql
+    for prefix, replacement in sorted(rewrites.items(), key=lambda kv: len(kv[0])):  # the longest ends outermost
+        expr = (
+            f"CASE WHEN starts_with({url_sql}, {literal(prefix)}) "
+            f"THEN {literal(replacement)} || ({url_sql})[{len(prefix) + 1}:] ELSE {expr} END"
+        )
+    return expr

@@ -3,21 +3,25 @@ run an adapter.
 
 The YAML maps each adapter name to ``module`` (importable path), ``description`` and ``format`` (where the
 published format is specified). A module is an adapter if it has a ``Config`` dataclass (with ``from_dict``) and
-``read(config, ctx)``. Names resolve through the table, never through string routing in code, so adding a source
-is one new module plus one registry entry.
+``read(config, ctx)``; one that joins its export in DuckDB also offers ``read_batches(config, ctx)`` (Arrow
+batches, no object per row). Names resolve through the table, never through string routing in code, so adding a
+source is one new module plus one registry entry.
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pyarrow as pa
 import yaml
 
+from pipeline.core.schema import CANDIDATE_SCHEMA
 from pipeline.sources.base import ConfigError, CrawlContext
 
 DEFAULT_REGISTRY = Path(__file__).resolve().parent / "sources.yaml"  # package data, installed with the package
@@ -76,3 +80,25 @@ def read_source(
     module = load_adapter(adapter_name, registry_path)
     config = module.Config.from_dict(dict(options))
     return module.read(config, ctx)
+
+
+def read_source_batches(
+    adapter_name: str,
+    options: Mapping[str, Any],
+    ctx: CrawlContext,
+    batch_rows: int = 8_192,
+    registry_path: str | Path | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The adapter's candidate rows as Arrow batches of ``CANDIDATE_SCHEMA``.
+
+    An adapter that joins its export in DuckDB or Arrow offers ``read_batches(config, ctx)`` and never makes a
+    Python object per row; any other is read row by row and batched here (``batch_rows`` dicts at a time).
+    """
+    module = load_adapter(adapter_name, registry_path)
+    config = module.Config.from_dict(dict(options))
+    if callable(getattr(module, "read_batches", None)):
+        yield from module.read_batches(config, ctx)
+        return
+    rows = iter(module.read(config, ctx))
+    while batch := list(itertools.islice(rows, batch_rows)):
+        yield pa.RecordBatch.from_pylist(batch, schema=CANDIDATE_SCHEMA)

@@ -182,6 +182,28 @@ def read_table(
 
     ``names``: the columns of a table without a header line (its first line is data), e.g. CC12M's TSV.
     """
+    binary, rows, header = _open_table(path, required, delimiter, quotechar, encoding, label, names)
+    return _records(binary, rows, header)
+
+
+def read_header(
+    path: str | Path, *, required: Iterable[str], delimiter: str = "\t", quotechar: str | None = None
+) -> list[str]:
+    """The header's column names, checked as :func:`read_table` checks them (empty file, missing columns)."""
+    binary, _, header = _open_table(path, required, delimiter, quotechar, "utf-8", None, None)
+    binary.close()
+    return header
+
+
+def _open_table(
+    path: str | Path,
+    required: Iterable[str],
+    delimiter: str,
+    quotechar: str | None,
+    encoding: str,
+    label: str | None,
+    names: list[str] | None,
+) -> tuple[IO[bytes], Iterator[tuple[int, list[str]]], list[str]]:
     label = label or str(path)
     binary = open_binary(path)
     rows = iter_rows(binary, label, delimiter=delimiter, quotechar=quotechar, encoding=encoding)
@@ -201,7 +223,7 @@ def read_table(
     if missing:
         binary.close()
         raise SourceError(f"{label}: missing required column(s) {missing}; found columns {header}")
-    return _records(binary, rows, header)
+    return binary, rows, header
 
 
 def _records(binary: IO[bytes], rows: Iterator[tuple[int, list[str]]], header: list[str]) -> Iterator[Record]:

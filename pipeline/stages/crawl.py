@@ -15,8 +15,6 @@ a new build folder). Redoing the crawl alone would leave downloads made from the
 from __future__ import annotations
 
 import hashlib
-import itertools
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ from pipeline.core.config import SourceSpec
 from pipeline.core.harness import Build, Stage
 from pipeline.core.io import join, url_to_fs
 from pipeline.sources.base import CrawlContext
-from pipeline.sources.registry import read_source
+from pipeline.sources.registry import read_source_batches
 
 BATCH_ROWS = 8_192  # adapter rows held as Python dicts before they are written out (sets the crawl's peak memory)
 # Adapter options that name input files (a file, a folder read recursively, or a glob), as the adapters' Config
@@ -58,11 +56,11 @@ class CrawlStage(Stage):
 
     def run(self, build: Build, unit: str, out: Path) -> dict[str, Any]:
         spec = _spec(build, unit)
-        ctx = CrawlContext(caption_style=build.recipe.caption_style)
+        ctx = CrawlContext(caption_style=build.recipe.caption_style, duckdb=build.recipe.duckdb)
         raw = out / f"{unit}.raw.parquet"
         with pq.ParquetWriter(raw, schema.CANDIDATE_SCHEMA, compression="zstd") as writer:
-            for batch in _batched(read_source(spec.adapter, {"name": spec.name, **spec.options}, ctx)):
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema.CANDIDATE_SCHEMA))
+            for batch in read_source_batches(spec.adapter, {"name": spec.name, **spec.options}, ctx, BATCH_ROWS):
+                writer.write_batch(batch)
         final = out / f"{unit}.parquet"
         con = duck.connect(build.recipe.duckdb)
         mark_repeats(con, raw, final)
@@ -111,12 +109,6 @@ def _files_state(location: str) -> dict[str, Any]:
 
 def _spec(build: Build, unit: str) -> SourceSpec:
     return next(spec for spec in build.recipe.sources if spec.name == unit)
-
-
-def _batched(rows: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    rows = iter(rows)
-    while batch := list(itertools.islice(rows, BATCH_ROWS)):
-        yield batch
 
 
 def find_repeats(con, path: Path) -> pa.Table:

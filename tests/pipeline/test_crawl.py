@@ -117,15 +117,15 @@ def test_sources_with_a_shared_name_prefix_crawl_side_by_side(tmp_path, monkeypa
         specs.append(SourceSpec(name, "url_caption_pool", {"path": str(pool), "id_col": "uid"}))
     recipe = Recipe(name="t", output_dir=str(tmp_path / "build"), sources=specs)
     started = {name: threading.Event() for name in names}
-    read_source = crawl.read_source
+    read_source_batches = crawl.read_source_batches
 
-    def paced(adapter, options, ctx):
+    def paced(adapter, options, ctx, batch_rows):
         started[options["name"]].set()
         if options["name"] == "inat-2023":  # hold the crawl open until inat has cleared its leftovers and begun
             assert started["inat"].wait(20)
-        yield from read_source(adapter, options, ctx)
+        yield from read_source_batches(adapter, options, ctx, batch_rows)
 
-    monkeypatch.setattr(crawl, "read_source", paced)
+    monkeypatch.setattr(crawl, "read_source_batches", paced)
     build, stage = Build.of(recipe), crawl.CrawlStage()
 
     def run(name: str) -> dict:

@@ -1,0 +1,186 @@
+"""The rules of :func:`pipeline.sources.base.build_row` as SQL, for adapters that join their export in DuckDB.
+
+Row for row the same values and error texts as ``build_row`` (a test holds the two together on hostile inputs),
+without a Python object per row: Python runs once per *distinct* license and per distinct caption input (a few
+hundred thousand taxa at most), and, through UDFs that DuckDB calls only on the rows that need them, for the rare
+value SQL cannot treat the same way (a URL that needs percent-encoding, a ``repr`` with quotes, non-ASCII
+whitespace). Everything here is an SQL expression or a small temp table; the adapter composes its query from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+import pyarrow as pa
+
+from pipeline.core.duck import literal
+from pipeline.core.schema import TAXONOMY_RANKS
+from pipeline.sources import captions, licenses
+from pipeline.sources.base import check_url
+
+_ASCII_PRINTABLE = "'[ -~]*'"
+_REPR_PLAIN = r"'[ -&(-\[\]-~]*'"  # printable ASCII without ' and \: repr() just adds single quotes
+_VARCHAR = duckdb.sqltype("VARCHAR")
+_URL_CHECK = duckdb.struct_type({"url": _VARCHAR, "error": _VARCHAR})
+_PCHAR = "-A-Za-z0-9/:@!$&'()*+,;=._~"  # characters to_uri keeps as they are in a path ('%' is not plain)
+
+
+def register_udfs(con: duckdb.DuckDBPyConnection, schemes: Sequence[str]) -> None:
+    """The Python fallbacks the expressions below call on rare values."""
+    schemes = tuple(schemes)
+
+    def url_check(url: str | None) -> dict[str, str | None]:
+        uri, error = check_url(url, schemes)
+        return {"url": uri, "error": error}
+
+    con.create_function("py_url_check", url_check, [_VARCHAR], _URL_CHECK, null_handling="special")
+    con.create_function("py_repr", repr, [_VARCHAR], _VARCHAR, null_handling="special")
+    con.create_function("py_strip", _strip, [_VARCHAR], _VARCHAR)
+    con.create_function("py_lower", _lower, [_VARCHAR], _VARCHAR)
+
+
+def _strip(text: str) -> str:
+    return text.strip()
+
+
+def _lower(text: str) -> str:
+    return text.lower()
+
+
+def repr_sql(expr: str) -> str:
+    """Python's ``repr(value)`` of a string (``'None'`` for NULL)."""
+    return (
+        f"CASE WHEN {expr} IS NULL THEN 'None' WHEN regexp_full_match({expr}, {_REPR_PLAIN}) "
+        f"THEN '''' || {expr} || '''' ELSE py_repr({expr}) END"
+    )
+
+
+def strip_sql(expr: str) -> str:
+    """Python's ``value.strip()`` (DuckDB's trim strips spaces only; other whitespace goes to Python)."""
+    return f"CASE WHEN regexp_full_match({expr}, {_ASCII_PRINTABLE}) THEN trim({expr}) ELSE py_strip({expr}) END"
+
+
+def lower_sql(expr: str) -> str:
+    """Python's ``value.lower()``."""
+    return f"CASE WHEN regexp_full_match({expr}, {_ASCII_PRINTABLE}) THEN lower({expr}) ELSE py_lower({expr}) END"
+
+
+def url_check_sql(expr: str, schemes: Sequence[str]) -> str:
+    """``{url, error}`` as :func:`check_url` gives them for the already stripped URL ``expr``.
+
+    A plain URL (an allowed http(s) scheme in lower case, an ASCII lower-case host, no port with a leading zero,
+    path and query of characters :func:`to_uri` keeps, no ``%`` or fragment) is its own URI; any other goes to
+    Python.
+    """
+    plain = sorted(s for s in schemes if s in ("http", "https"))
+    if not plain:
+        return f"py_url_check({expr})"
+    pattern = (f"(?:{'|'.join(plain)})://[a-z0-9.-]+(?::[1-9][0-9]{{0,3}})?/[{_PCHAR}]*(?:\\?[{_PCHAR}?]*)?").replace(
+        "'", "''"
+    )
+    return (
+        f"CASE WHEN regexp_full_match({expr}, '{pattern}') THEN {{'url': {expr}, 'error': NULL::VARCHAR}} "
+        f"ELSE py_url_check({expr}) END"
+    )
+
+
+def located_error_sql(input_file: str, row_expr: str, field: str, message_expr: str) -> str:
+    """``"<file> row <n>, field <name>: <message>"`` (:func:`pipeline.sources.base.location`)."""
+    return f"{literal(f'{input_file} row ')} || {row_expr} || {literal(f', field {field}: ')} || {message_expr}"
+
+
+def sample_id_sql(source: str, record_expr: str) -> str:
+    """:func:`pipeline.core.schema.sample_id_for` in SQL (sha256 over the UTF-8 of source, 0x1F, record id)."""
+    return f"left(sha256({literal(source + chr(31))} || {record_expr}), 32)"
+
+
+def create_license_table(con: duckdb.DuckDBPyConnection, table: str, raw_values_sql: str) -> None:
+    """``table(raw, code, url, prefix, suffix, error)``: each distinct raw license normalised once.
+
+    ``raw`` is the value with NULL as ''. The attribution of a row is ``prefix || who || suffix``, where ``who``
+    is :func:`attribution_who_sql` of its rights holder (cut from :func:`licenses.attribution_line` itself).
+    """
+    raws = [value for (value,) in con.sql(f"SELECT DISTINCT coalesce(v, '') FROM ({raw_values_sql}) t(v)").fetchall()]
+    columns: dict[str, list[str | None]] = {name: [] for name in ("raw", "code", "url", "prefix", "suffix", "error")}
+    for raw in raws:
+        try:
+            lic = licenses.normalize_license(raw)
+        except licenses.LicenseError as exc:
+            values = (raw, None, None, None, None, str(exc))
+        else:
+            prefix, suffix = licenses.attribution_line("\x00", lic).split("\x00")
+            values = (raw, lic.code, lic.url, prefix, suffix, None)
+        for name, value in zip(columns, values, strict=True):
+            columns[name].append(value)
+    _create_from_arrow(con, table, pa.table(columns, schema=pa.schema([(n, pa.string()) for n in columns])))
+
+
+def attribution_who_sql(holder_expr: str) -> str:
+    """The credit line's name: the holder stripped, or "unknown author"."""
+    return f"coalesce(nullif({strip_sql(holder_expr)}, ''), 'unknown author')"
+
+
+def create_caption_table(
+    con: duckdb.DuckDBPyConnection, table: str, inputs_sql: str, caption_style: str, batch_rows: int = 65_536
+) -> None:
+    """``table(k, caption_variants, caption, caption_kind, caption_error)``, one row per row of ``inputs_sql``.
+
+    ``inputs_sql`` yields distinct ``k, scientific_name, common_name, taxonomy, original_text``; the caption is
+    made once per such row, in Arrow batches (there are as many as taxa, not as rows).
+    """
+    out_schema = pa.schema(
+        [
+            ("k", pa.string()),
+            ("caption_variants", pa.map_(pa.string(), pa.string())),
+            ("caption", pa.string()),
+            ("caption_kind", pa.string()),
+            ("caption_error", pa.string()),
+        ]
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {table} (k VARCHAR, caption_variants MAP(VARCHAR, VARCHAR), "
+        "caption VARCHAR, caption_kind VARCHAR, caption_error VARCHAR)"
+    )
+    inputs = con.sql(inputs_sql).to_arrow_table()  # columnar (a taxon is ~100 bytes), drained before the inserts
+    for batch in inputs.to_batches(batch_rows):
+        columns: dict[str, list] = {name: [] for name in out_schema.names}
+        for row in batch.to_pylist():
+            variants, caption, kind, error = caption_for(row, caption_style)
+            for name, value in zip(columns, (row["k"], variants, caption, kind, error), strict=True):
+                columns[name].append(value)
+        chunk = pa.table(columns, schema=out_schema)
+        con.register("_caption_chunk", chunk)
+        con.execute(f"INSERT INTO {table} SELECT * FROM _caption_chunk")
+        con.unregister("_caption_chunk")
+
+
+def caption_for(
+    row: dict, caption_style: str
+) -> tuple[list[tuple[str, str]] | None, str | None, str | None, str | None]:
+    """``(variants as map items, caption, caption_kind, error)`` as ``build_row`` makes them."""
+    variants = captions.build_caption_variants(
+        row.get("scientific_name"), row.get("common_name"), row.get("taxonomy"), row.get("original_text")
+    )
+    try:
+        caption, kind = captions.choose_caption(variants, caption_style)
+    except captions.NoCaption as exc:
+        return list(variants.items()) or None, None, None, str(exc)
+    return list(variants.items()) or None, caption, kind, None
+
+
+def no_caption_error(caption_style: str) -> str:
+    """The caption error of a row that knows nothing to caption with."""
+    return caption_for({}, caption_style)[3] or ""
+
+
+def taxonomy_struct_sql(rank_expr: str, name_expr: str) -> str:
+    """An aggregate: the TAXONOMY_TYPE struct of (rank, name) rows, NULL when none."""
+    fields = ", ".join(f"'{rank}': max({name_expr}) FILTER (WHERE {rank_expr} = '{rank}')" for rank in TAXONOMY_RANKS)
+    return f"CASE WHEN count({rank_expr}) = 0 THEN NULL ELSE {{{fields}}} END"
+
+
+def _create_from_arrow(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
+    con.register("_arrow_input", data)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM _arrow_input")
+    con.unregister("_arrow_input")

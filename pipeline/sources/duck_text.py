@@ -1,0 +1,118 @@
+"""Headed, unquoted delimited text exports (iNaturalist's TSVs) as DuckDB tables, read as ``textfiles`` reads them.
+
+:func:`load_table` gives each data row the same ``data_row`` (1-based, header and blank lines not counted),
+``line`` (physical line), ``problem`` (``"expected 9 fields, found 7"``) and values (missing trailing fields
+NULL, extra fields dropped, the last of two equally named columns) as :func:`pipeline.sources.textfiles.read_table`
+yields, so an adapter written over either reports the same rows. DuckDB reads each line whole (one
+single-threaded, ordered scan, which numbers the lines) and splits it in SQL; everything after runs in parallel
+and spills to disk, so files far larger than memory work.
+
+A file DuckDB cannot read cleanly (bytes that are not UTF-8, a corrupt ``.gz``) is re-read by the Python reader,
+whose :class:`SourceError` names the file, the line and the bytes; the header is checked by Python too (BOM,
+declared encoding, missing columns), so every file-level message is the one ``textfiles`` gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+
+from pipeline.core.duck import literal
+from pipeline.sources.base import SourceError
+from pipeline.sources.textfiles import read_header, read_table
+
+# Lines are read as one column: this 4-byte separator never occurs in a text export (a line holding it is refused).
+_WHOLE_LINE = "\x1f\x1e\x1d\x1c"
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def load_table(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    path: str,
+    *,
+    required: Sequence[str],
+    columns: Sequence[str],
+    delimiter: str = "\t",
+) -> None:
+    """Create temp table ``table(data_row, line, problem, <columns>)`` from a headed text file, one row per record.
+
+    ``columns`` not in the header are NULL (they must then not be ``required``).
+    """
+    header = read_header(path, required=required, delimiter=delimiter)
+    position = {name: i + 1 for i, name in enumerate(header)}  # a repeated name: the last one wins, as in a dict
+    values = ", ".join(
+        f"f[{position[c]}] AS {ident(c)}" if c in position else f"NULL::VARCHAR AS {ident(c)}" for c in columns
+    )
+    n = len(header)
+    try:
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE {ident(table)} AS
+            WITH physical AS (
+                SELECT text, row_number() OVER () AS line
+                FROM read_csv({literal(path)}, columns = {{'text': 'VARCHAR'}}, delim = {literal(_WHOLE_LINE)},
+                              quote = '', escape = '', comment = '', header = false, auto_detect = false,
+                              strict_mode = false, parallel = false, store_rejects = true, ignore_errors = true,
+                              rejects_table = {literal(table + "_rejects")},
+                              rejects_scan = {literal(table + "_rejects_scan")})
+            ), records AS (
+                SELECT line, row_number() OVER (ORDER BY line) - 1 AS data_row,
+                       string_split(text, {literal(delimiter)}) AS f
+                FROM physical WHERE text IS NOT NULL
+            )
+            SELECT data_row, line,
+                   CASE WHEN len(f) <> {n} THEN 'expected {n} fields, found ' || len(f) END AS problem, {values}
+            FROM records WHERE data_row >= 1
+            """
+        )
+    except duckdb.Error as exc:
+        _raise_file_error(path, delimiter, str(exc))
+    rejects = con.sql(
+        f"SELECT line, error_type, error_message FROM {ident(table + '_rejects')} ORDER BY line LIMIT 1"
+    ).fetchall()
+    if rejects:
+        line, kind, message = rejects[0]
+        _raise_file_error(path, delimiter, f"line {line}: {kind} ({message})")
+
+
+def _raise_file_error(path: str, delimiter: str, duckdb_message: str) -> None:
+    """Raise the Python reader's error for this file (it names line and bytes); DuckDB's if Python reads it."""
+    for _ in read_table(path, required=(), delimiter=delimiter):
+        pass
+    raise SourceError(f"{path}: cannot read as delimited text: {duckdb_message.splitlines()[0][:300]}")
+
+
+def first_bad_row(
+    con: duckdb.DuckDBPyConnection, table: str, path: str, key: str | None
+) -> tuple[int, int, str | None, str | None] | None:
+    """``(data_row, line, problem, repeated key)`` of the first malformed row or repeated ``key``; None if clean."""
+    repeat = (
+        f"SELECT data_row, line, NULL AS problem, coalesce({ident(key)}, '') AS id FROM {ident(table)} "
+        f"QUALIFY row_number() OVER (PARTITION BY coalesce({ident(key)}, '') ORDER BY data_row) = 2"
+        if key
+        else "SELECT NULL::BIGINT, NULL::BIGINT, NULL, NULL WHERE false"
+    )
+    rows = con.sql(
+        f"""SELECT * FROM (SELECT data_row, line, problem, NULL AS id FROM {ident(table)} WHERE problem IS NOT NULL
+                           UNION ALL {repeat})
+            ORDER BY data_row LIMIT 1"""
+    ).fetchall()
+    return rows[0] if rows else None
+
+
+def check_lookup(con: duckdb.DuckDBPyConnection, table: str, path: str, key: str) -> None:
+    """A lookup table's rows must be well formed and its key unique, or every row joined to it is wrong."""
+    bad = first_bad_row(con, table, path, key)
+    if bad is None:
+        return
+    data_row, line, problem, repeated = bad
+    where = f"{path} row {data_row} (line {line})"
+    if problem:
+        raise SourceError(f"{where}: {problem}")
+    raise SourceError(f"{where}, field {key}: id {repeated!r} repeats an earlier row; {key} must be unique")
