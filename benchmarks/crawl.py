@@ -9,8 +9,10 @@ five photo licenses (one empty: all rights reserved), a few photos with a dangli
 Ours: the crawl stage's unit for an ``inaturalist`` source (adapter, candidate rows with sample ids, captions,
 licenses, attribution, rejections with reasons; repeated-id check), as ``pipeline.runner`` runs it.
 Baseline: one DuckDB statement doing the same join and filter (research grade, under Plantae, a license, species
-rank) and writing url, page_url, license, rights holder, scientific name and a caption to Parquet (accepted rows
-only: no reasons, no sample ids). Each side runs in its own child process, so its peak RSS is its own.
+rank) and writing the same columns to Parquet (sample id, URL, page, caption and its variants, taxonomy from the
+ancestry, license, attribution, ...) for the accepted rows only: no rejected rows, no reasons, no checks of
+hostile values, plain string templates instead of the license table and caption rules. Each side runs in its own
+child process, so its peak RSS is its own; ``--memory-limit`` is the recipe's ``duckdb.memory_limit`` for ours.
 
     python benchmarks/crawl.py                       # 100k and 1M photos
     python benchmarks/crawl.py --photos 20000 200000 # a quick check
@@ -120,14 +122,35 @@ COPY (
     photos AS (SELECT * FROM read_csv('{d}/photos.csv', delim='\t', quote='', header=true, all_varchar=true)),
     observations AS (SELECT * FROM read_csv('{d}/observations.csv', delim='\t', quote='', header=true,
                                             all_varchar=true)),
-    observers AS (SELECT * FROM read_csv('{d}/observers.csv', delim='\t', quote='', header=true, all_varchar=true))
-    SELECT 'https://inaturalist-open-data.s3.amazonaws.com/photos/' || p.photo_id || '/medium.' || p.extension AS url,
-           'https://www.inaturalist.org/photos/' || p.photo_id AS page_url, p.license,
-           coalesce(nullif(u.name, ''), u.login) AS rights_holder, t.name AS scientific_name,
-           'a photo of ' || t.name || ', a type of plant' AS caption
+    observers AS (SELECT * FROM read_csv('{d}/observers.csv', delim='\t', quote='', header=true, all_varchar=true)),
+    chain AS (
+        SELECT taxon_id, unnest(nodes) AS node FROM (
+            SELECT taxon_id, list_append(string_split(ancestry, '/'), taxon_id) AS nodes FROM taxa)
+    ), taxonomy AS (
+        SELECT chain.taxon_id, {{'kingdom': max(n.name) FILTER (n.rank = 'kingdom'),
+            'phylum': max(n.name) FILTER (n.rank = 'phylum'), 'class': max(n.name) FILTER (n.rank = 'class'),
+            'order': max(n.name) FILTER (n.rank = 'order'), 'family': max(n.name) FILTER (n.rank = 'family'),
+            'genus': max(n.name) FILTER (n.rank = 'genus'), 'species': max(n.name) FILTER (n.rank = 'species')}}
+            AS taxonomy
+        FROM chain JOIN taxa n ON n.taxon_id = chain.node GROUP BY chain.taxon_id
+    )
+    SELECT left(sha256('inat' || chr(31) || p.photo_id || ':' || p.observation_uuid), 32) AS sample_id,
+           'inat' AS source, p.photo_id || ':' || p.observation_uuid AS source_record_id, 'plant' AS domain,
+           'https://inaturalist-open-data.s3.amazonaws.com/photos/' || p.photo_id || '/medium.' || p.extension AS url,
+           NULL::VARCHAR AS url_original, 'https://www.inaturalist.org/photos/' || p.photo_id AS page_url,
+           t.name || '.' AS caption, 'dalip' AS caption_kind,
+           MAP {{'dalip': t.name || '.', 'bioclip_scientific': 'a photo of ' || t.name || '.'}} AS caption_variants,
+           NULL::VARCHAR AS original_text, t.name AS scientific_name, NULL::VARCHAR AS common_name,
+           t.rank AS taxon_rank, x.taxonomy, lower(p.license) AS license,
+           'https://creativecommons.org/licenses/' || lower(p.license) AS license_url,
+           coalesce(nullif(u.name, ''), u.login) AS rights_holder,
+           '(c) ' || coalesce(nullif(u.name, ''), u.login) || ', some rights reserved (' || p.license || ')'
+               AS attribution,
+           'pending' AS status, NULL::VARCHAR AS error, '{d}/photos.csv' AS input_file, NULL::BIGINT AS input_row
     FROM photos p
     JOIN observations o USING (observation_uuid)
     JOIN taxa t ON t.taxon_id = o.taxon_id
+    JOIN taxonomy x ON x.taxon_id = o.taxon_id
     JOIN observers u ON u.observer_id = p.observer_id
     WHERE o.quality_grade = 'research' AND p.license <> '' AND t.rank = 'species'
       AND (t.ancestry LIKE '48460/47126/%')
@@ -143,16 +166,20 @@ def run_bare(export: Path, out: Path) -> dict:
     return {"seconds": time.perf_counter() - start, "rows": rows}
 
 
-def run_ours(export: Path, out: Path) -> dict:
-    from pipeline.core.config import Recipe, SourceSpec
+def run_ours(export: Path, out: Path, memory_limit: str = "2GB") -> dict:
+    from pipeline.core.config import DuckDBConfig, Recipe, SourceSpec
     from pipeline.core.harness import Build, run_unit
     from pipeline.stages import stage_named
 
     recipe = Recipe(
-        name="bench", output_dir=str(out), sources=[SourceSpec("inat", "inaturalist", {"directory": str(export)})]
+        name="bench",
+        output_dir=str(out),
+        sources=[SourceSpec("inat", "inaturalist", {"directory": str(export)})],
+        duckdb=DuckDBConfig(memory_limit=memory_limit),
     )
+    stage, build = stage_named("crawl"), Build.of(recipe)
     start = time.perf_counter()
-    record = run_unit(stage_named("crawl"), Build.of(recipe), "inat")
+    record = run_unit(stage, build, "inat")
     return {
         "seconds": time.perf_counter() - start,
         "rows": record["stats"]["rows"],
@@ -160,16 +187,16 @@ def run_ours(export: Path, out: Path) -> dict:
     }
 
 
-def child(side: str, export: str, out: str) -> None:
+def child(side: str, export: str, out: str, memory_limit: str) -> None:
     """Run one side in this (child) process; print its result and peak RSS as JSON."""
-    result = (run_bare if side == "bare" else run_ours)(Path(export), Path(out))
+    result = run_bare(Path(export), Path(out)) if side == "bare" else run_ours(Path(export), Path(out), memory_limit)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
-def in_child(side: str, export: Path, out: Path) -> dict:
+def in_child(side: str, export: Path, out: Path, memory_limit: str) -> dict:
     done = subprocess.run(
-        [sys.executable, __file__, "--child", side, str(export), str(out)],
+        [sys.executable, __file__, "--child", side, str(export), str(out), memory_limit],
         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     if done.returncode:
@@ -180,7 +207,8 @@ def in_child(side: str, export: Path, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--child", nargs=3, metavar=("SIDE", "EXPORT", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-limit", default="2GB", help="ours: the recipe's duckdb.memory_limit")
+    parser.add_argument("--child", nargs=4, metavar=("SIDE", "EXPORT", "OUT", "LIMIT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
@@ -197,8 +225,8 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{photos} photos: export of {size:.0f} MiB written in {time.perf_counter() - start:.1f} s", flush=True
             )
-            bare = in_child("bare", export, work / f"bare-{photos}.parquet")
-            ours = in_child("ours", export, work / f"ours-{photos}")
+            bare = in_child("bare", export, work / f"bare-{photos}.parquet", args.memory_limit)
+            ours = in_child("ours", export, work / f"ours-{photos}", args.memory_limit)
             results[photos] = (bare, ours)
             print(f"  bare DuckDB: {bare['seconds']:.1f} s, {bare['rows']} accepted rows, "
                   f"peak {bare['peak_rss_mb']:.0f} MB")  # fmt: skip
@@ -213,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         f"RESULT crawl ratio={bare['seconds'] / ours['seconds']:.3f} "
         f"rss_growth={ours['peak_rss_mb'] / results[small][1]['peak_rss_mb']:.2f} "
         f"rows_per_s={ours['rows'] / ours['seconds']:.0f} photos={large} ours_s={ours['seconds']:.1f} "
-        f"duckdb_s={bare['seconds']:.1f} peak_mb={ours['peak_rss_mb']:.0f} small={small}"
+        f"duckdb_s={bare['seconds']:.1f} peak_mb={ours['peak_rss_mb']:.0f} small={small} "
+        f"memory_limit={args.memory_limit}"
     )
 
 
