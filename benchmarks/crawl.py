@@ -16,6 +16,7 @@ child process, so its peak RSS is its own; ``--memory-limit`` is the recipe's ``
 
     python benchmarks/crawl.py                       # 100k and 1M photos
     python benchmarks/crawl.py --photos 20000 200000 # a quick check
+    python benchmarks/crawl.py --format gbif_dwca    # a GBIF-download-shaped DwC-A, 100k and 1M media rows
 Last line: RESULT crawl ratio=<duckdb s / ours s at the largest size> rss_growth=<our peak RSS largest / smallest>
 rows_per_s=<ours at the largest size>
 """
@@ -158,15 +159,91 @@ COPY (
 """
 
 
-def run_bare(export: Path, out: Path) -> dict:
+DWC, DC, GBIF = "http://rs.tdwg.org/dwc/terms/", "http://purl.org/dc/terms/", "http://rs.gbif.org/terms/1.0/"
+GBIF_CORE = ["gbifID", "kingdom", "phylum", "class", "order", "family", "genus", "species", "taxonRank",
+             "scientificName", "license"]  # fmt: skip
+GBIF_MEDIA = ["gbifID", "type", "format", "identifier", "creator", "license", "rightsHolder"]
+GBIF_URIS = {"gbifID": GBIF, "species": GBIF, "type": DC, "format": DC, "identifier": DC, "creator": DC,
+             "license": DC, "rightsHolder": DC}  # fmt: skip
+
+
+def write_dwca(folder: Path, media: int) -> None:
+    """An unpacked GBIF-download-shaped DwC-A (meta.xml, occurrence.txt, multimedia.txt): 2 media per occurrence,
+    80% plants, 90% at species rank, 5% sounds, four licenses (one of them no open license)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+
+    def block(tag: str, id_tag: str, row_type: str, location: str, terms: list[str], core: bool) -> str:
+        fields = "".join(
+            f'<field index="{i}" term="{GBIF_URIS.get(t, DWC) if core or t != "license" else DC}{t}"/>'
+            for i, t in enumerate(terms)
+        )
+        return (f'<{tag} encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" fieldsEnclosedBy="" '
+                f'ignoreHeaderLines="1" rowType="{row_type}"><files><location>{location}</location></files>'
+                f'<{id_tag} index="0"/>{fields}</{tag}>')  # fmt: skip
+
+    (folder / "meta.xml").write_text(
+        '<?xml version="1.0" encoding="utf-8"?><archive xmlns="http://rs.tdwg.org/dwc/text/">'
+        + block("core", "id", DWC + "Occurrence", "occurrence.txt", GBIF_CORE, True)
+        + block("extension", "coreid", GBIF + "Multimedia", "multimedia.txt", GBIF_MEDIA, False)
+        + "</archive>"
+    )
+    occurrences = max(1, media // 2)
+    con.execute(
+        f"""COPY (SELECT 1000 + i AS gbifID,
+                    CASE WHEN hash(i, 1) % 10 < 8 THEN 'Plantae' ELSE 'Animalia' END AS kingdom,
+                    'Phylum' || i % 7 AS phylum, 'Class' || i % 31 AS class, 'Order' || i % 101 AS "order",
+                    'Family' || i % 401 AS family, 'Genus' || i % 3001 AS genus,
+                    'Genus' || i % 3001 || ' species' || i % 20011 AS species,
+                    CASE WHEN hash(i, 2) % 10 < 9 THEN 'SPECIES' ELSE 'GENUS' END AS taxonRank,
+                    'Genus' || i % 3001 || ' species' || i % 20011 || ' L.' AS scientificName,
+                    'CC_BY_4_0' AS license
+             FROM range({occurrences}) t(i))
+           TO '{folder / "occurrence.txt"}' (FORMAT csv, DELIMITER '\t', HEADER, QUOTE '')"""
+    )
+    licenses = "['http://creativecommons.org/licenses/by/4.0/', 'CC0_1_0', 'CC_BY_NC_4_0', 'All rights reserved']"
+    con.execute(
+        f"""COPY (SELECT 1000 + i // 2 AS gbifID, CASE WHEN hash(i, 3) % 20 = 0 THEN 'Sound' ELSE 'StillImage' END
+                    AS type, 'image/jpeg' AS format, 'https://media.example.org/' || i || '.jpg' AS identifier,
+                    'Author ' || i % 5000 AS creator, {licenses}[1 + CAST(hash(i, 4) % 4 AS BIGINT)] AS license,
+                    '' AS rightsHolder
+             FROM range({media}) t(i))
+           TO '{folder / "multimedia.txt"}' (FORMAT csv, DELIMITER '\t', HEADER, QUOTE '')"""
+    )
+
+
+GBIF_BARE_SQL = """
+COPY (
+    WITH o AS (SELECT * FROM read_csv('{d}/occurrence.txt', delim='\t', quote='', header=true, all_varchar=true)),
+    m AS (SELECT * FROM read_csv('{d}/multimedia.txt', delim='\t', quote='', header=true, all_varchar=true))
+    SELECT left(sha256('gbif' || chr(31) || o.gbifID || ':' || m.identifier), 32) AS sample_id, 'gbif' AS source,
+           o.gbifID || ':' || m.identifier AS source_record_id, 'plant' AS domain, m.identifier AS url,
+           NULL::VARCHAR AS url_original, 'https://www.gbif.org/occurrence/' || o.gbifID AS page_url,
+           o.species || '.' AS caption, 'dalip' AS caption_kind,
+           MAP {{'dalip': o.species || '.', 'bioclip_scientific': 'a photo of ' || o.species || '.'}}
+               AS caption_variants, NULL::VARCHAR AS original_text, o.species AS scientific_name,
+           NULL::VARCHAR AS common_name, lower(o.taxonRank) AS taxon_rank,
+           {{'kingdom': o.kingdom, 'phylum': o.phylum, 'class': o.class, 'order': o."order", 'family': o.family,
+             'genus': o.genus, 'species': o.species}} AS taxonomy,
+           lower(m.license) AS license, m.license AS license_url, m.creator AS rights_holder,
+           '(c) ' || m.creator || ', some rights reserved (' || m.license || ')' AS attribution,
+           'pending' AS status, NULL::VARCHAR AS error, '{d}/multimedia.txt' AS input_file, NULL::BIGINT AS input_row
+    FROM m JOIN o USING (gbifID)
+    WHERE m.type = 'StillImage' AND o.kingdom = 'Plantae' AND o.taxonRank = 'SPECIES'
+      AND m.license <> 'All rights reserved'
+) TO '{out}' (FORMAT parquet, COMPRESSION zstd)
+"""
+
+
+def run_bare(export: Path, out: Path, kind: str) -> dict:
     start = time.perf_counter()
     con = duckdb.connect()
-    con.execute(BARE_SQL.format(d=export, out=out))
+    con.execute((BARE_SQL if kind == "inaturalist" else GBIF_BARE_SQL).format(d=export, out=out))
     rows = con.sql(f"SELECT count(*) FROM '{out}'").fetchall()[0][0]
     return {"seconds": time.perf_counter() - start, "rows": rows}
 
 
-def run_ours(export: Path, out: Path, memory_limit: str = "2GB") -> dict:
+def run_ours(export: Path, out: Path, kind: str, memory_limit: str = "2GB") -> dict:
     from pipeline.core.config import DuckDBConfig, Recipe, SourceSpec
     from pipeline.core.harness import Build, run_unit
     from pipeline.stages import stage_named
@@ -174,7 +251,7 @@ def run_ours(export: Path, out: Path, memory_limit: str = "2GB") -> dict:
     recipe = Recipe(
         name="bench",
         output_dir=str(out),
-        sources=[SourceSpec("inat", "inaturalist", {"directory": str(export)})],
+        sources=[SourceSpec("inat", kind, {"directory" if kind == "inaturalist" else "path": str(export)})],
         duckdb=DuckDBConfig(memory_limit=memory_limit),
     )
     stage, build = stage_named("crawl"), Build.of(recipe)
@@ -187,16 +264,19 @@ def run_ours(export: Path, out: Path, memory_limit: str = "2GB") -> dict:
     }
 
 
-def child(side: str, export: str, out: str, memory_limit: str) -> None:
+def child(side: str, kind: str, export: str, out: str, memory_limit: str) -> None:
     """Run one side in this (child) process; print its result and peak RSS as JSON."""
-    result = run_bare(Path(export), Path(out)) if side == "bare" else run_ours(Path(export), Path(out), memory_limit)
+    if side == "bare":
+        result = run_bare(Path(export), Path(out), kind)
+    else:
+        result = run_ours(Path(export), Path(out), kind, memory_limit)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
-def in_child(side: str, export: Path, out: Path, memory_limit: str) -> dict:
+def in_child(side: str, kind: str, export: Path, out: Path, memory_limit: str) -> dict:
     done = subprocess.run(
-        [sys.executable, __file__, "--child", side, str(export), str(out), memory_limit],
+        [sys.executable, __file__, "--child", side, kind, str(export), str(out), memory_limit],
         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     if done.returncode:
@@ -208,7 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--memory-limit", default="2GB", help="ours: the recipe's duckdb.memory_limit")
-    parser.add_argument("--child", nargs=4, metavar=("SIDE", "EXPORT", "OUT", "LIMIT"), help=argparse.SUPPRESS)
+    parser.add_argument("--format", choices=["inaturalist", "gbif_dwca"], default="inaturalist")
+    parser.add_argument("--child", nargs=5, metavar=("SIDE", "KIND", "EXPORT", "OUT", "LIMIT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
@@ -220,13 +301,13 @@ def main(argv: list[str] | None = None) -> None:
         for photos in sorted(args.photos):
             export = work / f"export-{photos}"
             start = time.perf_counter()
-            write_export(export, photos)
+            (write_export if args.format == "inaturalist" else write_dwca)(export, photos)
             size = sum(p.stat().st_size for p in export.iterdir()) / 2**20
             print(
                 f"{photos} photos: export of {size:.0f} MiB written in {time.perf_counter() - start:.1f} s", flush=True
             )
-            bare = in_child("bare", export, work / f"bare-{photos}.parquet", args.memory_limit)
-            ours = in_child("ours", export, work / f"ours-{photos}", args.memory_limit)
+            bare = in_child("bare", args.format, export, work / f"bare-{photos}.parquet", args.memory_limit)
+            ours = in_child("ours", args.format, export, work / f"ours-{photos}", args.memory_limit)
             results[photos] = (bare, ours)
             print(f"  bare DuckDB: {bare['seconds']:.1f} s, {bare['rows']} accepted rows, "
                   f"peak {bare['peak_rss_mb']:.0f} MB")  # fmt: skip
@@ -237,12 +318,13 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work, ignore_errors=True)
     small, large = min(results), max(results)
     bare, ours = results[large]
+    name = "crawl" if args.format == "inaturalist" else "crawl_gbif"
     print(
-        f"RESULT crawl ratio={bare['seconds'] / ours['seconds']:.3f} "
+        f"RESULT {name} ratio={bare['seconds'] / ours['seconds']:.3f} "
         f"rss_growth={ours['peak_rss_mb'] / results[small][1]['peak_rss_mb']:.2f} "
         f"rows_per_s={ours['rows'] / ours['seconds']:.0f} photos={large} ours_s={ours['seconds']:.1f} "
         f"duckdb_s={bare['seconds']:.1f} peak_mb={ours['peak_rss_mb']:.0f} small={small} "
-        f"memory_limit={args.memory_limit}"
+        f"memory_limit={args.memory_limit} format={args.format}"
     )
 
 

@@ -204,3 +204,22 @@ def test_repeated_core_id_names_file_row_and_id(tmp_path, ctx):
         SourceError, match=r"dwca.zip!occurrence.txt row 4 \(line 5\), field id \(column 0\): core id '1001' repeats"
     ):
         crawl(write_dwca(tmp_path / "dwca.zip", occurrence_txt=core + first_data_line + "\n"), ctx)
+
+
+def test_the_core_is_looked_up_on_disk_one_media_batch_at_a_time(tmp_path, ctx, monkeypatch):
+    """Batches of 2 media rows give the same rows as one batch; the core's database file is gone afterwards."""
+    from pipeline.core.config import DuckDBConfig
+    from pipeline.sources import gbif_dwca
+    from pipeline.sources.base import CrawlContext
+
+    archive = write_dwca(tmp_path / "dwca.zip")
+    spill = tmp_path / "spill"
+    ctx = CrawlContext(duckdb=DuckDBConfig(temp_directory=str(spill)))
+    whole = crawl(archive, ctx)
+    monkeypatch.setattr(gbif_dwca, "BATCH_ROWS", 2)
+    seen = []
+    lookup = gbif_dwca._CoreOnDisk.lookup
+    monkeypatch.setattr(gbif_dwca._CoreOnDisk, "lookup", lambda self, ids: seen.append(len(ids)) or lookup(self, ids))
+    assert crawl(archive, ctx) == whole
+    assert seen == [2, 2, 2]  # six media rows, three lookups of two
+    assert not list(spill.glob("gbif-core-*"))
