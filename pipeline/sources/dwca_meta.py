@@ -158,6 +158,22 @@ class Archive:
     ) -> tuple[FileSpec, FileSpec]:
         """Parse meta.xml; return the core of ``core_type`` and its extension of ``extension_type``."""
         label = self.label("meta.xml")
+        core_spec, extensions = self.describe(core_type)
+        matching = [e for e in extensions if e.row_type == extension_type]
+        if not matching:
+            found = [e.row_type for e in extensions]
+            raise SourceError(f"{label}: no <extension> with rowType {extension_type}; found {found}")
+        extension = matching[0]
+        missing = [term for term in required_terms if term not in extension.indexes]
+        if missing:
+            raise SourceError(
+                f"{label}: <extension> {extension.location} has no <field> for required term(s) {missing}"
+            )
+        return core_spec, extension
+
+    def describe(self, core_type: str) -> tuple[FileSpec, list[FileSpec]]:
+        """Parse meta.xml; return its core (which must be of ``core_type``) and every extension, in order."""
+        label = self.label("meta.xml")
         if "meta.xml" not in self.names():
             raise SourceError(f"{label}: missing; a Darwin Core Archive describes its files in meta.xml")
         with self.open("meta.xml") as stream:
@@ -180,18 +196,7 @@ class Archive:
         core_spec = self._spec(core, "id", label)
         if core_spec.row_type != core_type:
             raise SourceError(f"{label}: <core> rowType is {core_spec.row_type!r}, expected {core_type}")
-        extensions = [self._spec(e, "coreid", label) for e in _findall(root, "extension")]
-        matching = [e for e in extensions if e.row_type == extension_type]
-        if not matching:
-            found = [e.row_type for e in extensions]
-            raise SourceError(f"{label}: no <extension> with rowType {extension_type}; found {found}")
-        extension = matching[0]
-        missing = [term for term in required_terms if term not in extension.indexes]
-        if missing:
-            raise SourceError(
-                f"{label}: <extension> {extension.location} has no <field> for required term(s) {missing}"
-            )
-        return core_spec, extension
+        return core_spec, [self._spec(e, "coreid", label) for e in _findall(root, "extension")]
 
     def _spec(self, element: ET.Element, id_tag: str, label: str) -> FileSpec:
         where = f"{label}: <{element.tag.removeprefix(NS)} rowType={element.get('rowType')!r}>"

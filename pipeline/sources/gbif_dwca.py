@@ -1,18 +1,32 @@
-"""GBIF Darwin Core Archive (occurrence core + multimedia extension) -> candidate rows, one per multimedia row.
+"""Darwin Core Archives (occurrence core + its images) -> candidate rows, one per image.
 
 Format: Darwin Core text guide (https://dwc.tdwg.org/text/): a zip, a tar (``.tgz``, ``.tar.gz``, ``.tar``) or
 the folder either unpacks to, with ``meta.xml`` at its root or in one folder inside it; ``meta.xml`` declares the
 core and extension files, their ``encoding``, ``fieldsTerminatedBy``, ``linesTerminatedBy``, ``fieldsEnclosedBy``,
 ``ignoreHeaderLines``, the ``<id>``/``<coreid>`` column and a ``<field index term>`` per column (or ``<field
 default term>`` constants). Columns are found only through those term URIs, never by position.
-Images come from GBIF's Multimedia extension (http://rs.gbif.org/terms/1.0/Multimedia, row type of
-``multimedia.txt`` in GBIF downloads): ``dc:identifier`` is the image URL, ``dc:type`` must be ``StillImage``
-(``Sound``/``MovingImage`` rows are rejected; an empty type is accepted when ``dc:format`` is ``image/*``),
-``dcterms:license`` (URL or code; empty -> the occurrence's license, as GBIF displays it), ``dcterms:rightsHolder``
-or ``dc:creator`` for the credit line. Taxonomy comes from the occurrence row (kingdom..genus, specificEpithet /
-GBIF's ``species``, scientificName, taxonRank, vernacularName). Pl@ntNet's GBIF datasets are read this way.
 
-``source_record_id`` = ``"{gbifID or core id}:{media identifier URL}"``: stable when GBIF regenerates a
+Images come from the first of these the archive has (``media: auto``), or the one the ``media`` option names:
+- ``multimedia``: GBIF's Multimedia extension (http://rs.gbif.org/terms/1.0/Multimedia, ``multimedia.txt`` in
+  GBIF downloads; Pl@ntNet's GBIF datasets): ``dcterms:identifier`` is the image URL, ``dcterms:license`` (URL or
+  code; empty -> the occurrence's license, as GBIF displays it), ``dcterms:rightsHolder`` or ``dcterms:creator``
+  for the credit line, ``dcterms:title`` / ``description`` as original text, ``dcterms:references`` as the page;
+- ``audubon``: the Audubon Core extension (http://rs.tdwg.org/ac/terms/Multimedia; museums, iDigBio, Symbiota
+  and Specify exports, https://ac.tdwg.org/termlist/): ``ac:accessURI`` is the file (else ``dcterms:identifier``),
+  ``ac:variantLiteral`` must be one of ``variants`` (thumbnails are not worth a download; an image published in
+  two kept variants gives two rows, which the image dedup merges), the license from ``xmpRights:UsageTerms`` or
+  ``xmpRights:WebStatement`` (then ``dcterms:rights``), ``xmpRights:Owner`` as rights holder,
+  ``ac:furtherInformationURL`` as the page; ``dc:`` (elements/1.1) spellings of type, format, title, creator
+  and rights are read too;
+- ``associated_media``: no media extension, the URLs in the core's ``dwc:associatedMedia``, split on ``|`` (the
+  Darwin Core recommendation; a URL may hold commas): one row per URL, the occurrence's license and holder.
+In the extensions ``dcterms:type`` must be ``StillImage`` (``Sound``/``MovingImage`` rows are rejected; an
+empty type is accepted when ``dcterms:format`` is ``image/*``). Taxonomy comes from the occurrence row
+(kingdom..genus, specificEpithet / GBIF's ``species``, scientificName, taxonRank, vernacularName);
+``basis_of_record`` keeps only some ``dwc:basisOfRecord`` values (e.g. herbarium sheets, ``PreservedSpecimen``,
+left out).
+
+``source_record_id`` = ``"{gbifID or core id}:{image URL}"``: stable when GBIF regenerates a
 download in another row order; ``page_url`` = media or occurrence ``references``, else https://www.gbif.org/occurrence/{gbifID}.
 Memory: the occurrence core (only the terms used) goes into a DuckDB database file in the spill space and is
 looked up one batch of 8,192 media rows at a time; multimedia rows stream. Both stay flat with the archive's size.
@@ -39,6 +53,7 @@ from pipeline.core import duck
 from pipeline.core.schema import TAXONOMY_RANKS
 from pipeline.sources import duck_text
 from pipeline.sources.base import (
+    ConfigError,
     CrawlContext,
     SourceError,
     apply_taxon_filter,
@@ -55,8 +70,16 @@ from pipeline.sources.textfiles import iter_rows
 log = logging.getLogger(__name__)
 
 DWC, DC, GBIF = "http://rs.tdwg.org/dwc/terms/", "http://purl.org/dc/terms/", "http://rs.gbif.org/terms/1.0/"
+AC, DCE, XMP_RIGHTS = (
+    "http://rs.tdwg.org/ac/terms/",
+    "http://purl.org/dc/elements/1.1/",
+    "http://ns.adobe.com/xap/1.0/rights/",
+)
 OCCURRENCE = DWC + "Occurrence"
-MULTIMEDIA = GBIF + "Multimedia"
+MULTIMEDIA = GBIF + "Multimedia"  # GBIF's Simple Multimedia extension (GBIF downloads, Pl@ntNet)
+AUDUBON = AC + "Multimedia"  # Audubon Core (museums, iDigBio, Symbiota portals, Specify)
+ASSOCIATED_MEDIA = DWC + "associatedMedia"  # image URLs in the core itself, separated by "|"
+MEDIA_KINDS = ("auto", "multimedia", "audubon", "associated_media")
 # Occurrence terms we use (short name -> URI); only the core id is required.
 OCCURRENCE_TERMS = {
     "gbifID": GBIF + "gbifID",
@@ -69,17 +92,22 @@ OCCURRENCE_TERMS = {
     "scientificName": DWC + "scientificName",
     "taxonRank": DWC + "taxonRank",
     "vernacularName": DWC + "vernacularName",
+    "basisOfRecord": DWC + "basisOfRecord",
 }
+# Media terms: the URIs that may carry each, first non-empty wins. GBIF's Multimedia extension uses dcterms; Audubon
+# Core adds ac:accessURI (the file), ac:variantLiteral, xmpRights:UsageTerms / WebStatement (the license) and Owner.
 MEDIA_TERMS = {
-    "identifier": DC + "identifier",
-    "type": DC + "type",
-    "format": DC + "format",
-    "references": DC + "references",
-    "title": DC + "title",
-    "description": DC + "description",
-    "creator": DC + "creator",
-    "license": DC + "license",
-    "rightsHolder": DC + "rightsHolder",
+    "access_uri": (AC + "accessURI",),
+    "identifier": (DC + "identifier",),
+    "type": (DC + "type", DCE + "type"),
+    "format": (DC + "format", DCE + "format"),
+    "references": (DC + "references", AC + "furtherInformationURL"),
+    "title": (DC + "title", DCE + "title"),
+    "description": (DC + "description", DCE + "description", AC + "caption"),
+    "creator": (DC + "creator", DCE + "creator"),
+    "license": (DC + "license", XMP_RIGHTS + "UsageTerms", XMP_RIGHTS + "WebStatement", DC + "rights", DCE + "rights"),
+    "rightsHolder": (DC + "rightsHolder", XMP_RIGHTS + "Owner"),
+    "variant": (AC + "variantLiteral",),
 }
 STILL_IMAGE = ("stillimage", "http://purl.org/dc/dcmitype/stillimage")
 BATCH_ROWS = 8_192  # core rows per insert, media rows per lookup
@@ -92,12 +120,26 @@ class Config:
     min_rank: str | None = "species"  # reject identifications coarser than this taxonRank; None = any rank
     kingdoms: tuple[str, ...] = ("Plantae",)  # accepted kingdoms (dwc:kingdom); empty = all
     url_rewrite: dict[str, str] | None = None  # URL prefix -> replacement, for mirrors / offline samples
+    media: str = "auto"  # auto | multimedia | audubon | associated_media: where the images are (auto: first found)
+    # Audubon Core ac:variantLiteral values kept (case-insensitive); rows without one are kept. Thumbnails,
+    # "Lower Quality" and "Offline" variants are not worth a download.
+    variants: tuple[str, ...] = ("Best Quality", "Good Quality", "Medium Quality")
+    # dwc:basisOfRecord values kept (case-insensitive), e.g. [HUMAN_OBSERVATION, MACHINE_OBSERVATION] to leave
+    # herbarium sheets (PRESERVED_SPECIMEN) out; empty = all
+    basis_of_record: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"source {self.name!r} (gbif_dwca)"
         check_taxon_filter(where, self.kingdoms, self.min_rank)
         self.kingdoms = tuple(self.kingdoms)
         self.url_rewrite = check_url_rewrite(self.url_rewrite, where)
+        if self.media not in MEDIA_KINDS:
+            raise ConfigError(f"{where}: media {self.media!r} unknown; expected one of {', '.join(MEDIA_KINDS)}")
+        for option in ("variants", "basis_of_record"):
+            value = getattr(self, option)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: {option} must be a list of strings")
+            setattr(self, option, tuple(value))
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> Config:
@@ -212,21 +254,31 @@ def _taxon(occurrence: dict[str, str | None]) -> dict[str, Any]:
 
 
 def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
-    """Yield one candidate row per multimedia row of the archive (rejected rows included, with their reason)."""
+    """Yield one candidate row per image of the archive (rejected rows included, with their reason)."""
     archive = Archive(config.path)
-    core, media = archive.core_and_extension(OCCURRENCE, MULTIMEDIA, required_terms=[MEDIA_TERMS["identifier"]])
+    core, extensions = archive.describe(OCCURRENCE)
+    media = _media_file(archive, core, extensions, config.media)
+    if media is None:
+        yield from _read_associated_media(config, ctx, archive, core)
+        return
     occurrences = _CoreOnDisk(archive, core, ctx)
     try:
         records = _records(archive, media)
-        number = 0
+        label, number = archive.label(media.location), 0
         while batch := list(itertools.islice(records, BATCH_ROWS)):
             core_ids = [fields[media.id_index] if len(fields) > media.id_index else "" for _, _, fields in batch]
             found = occurrences.lookup(core_ids)
             for (number, line, fields), core_id in zip(batch, core_ids, strict=True):
-                yield _candidate(config, ctx, archive, core, media, number, line, fields, found.get(core_id), core_id)
+                values = {name: _media_value(media, fields, uris) for name, uris in MEDIA_TERMS.items()}
+                occurrence, problem = found.get(core_id), None
+                if len(fields) <= media.max_index:
+                    problem = ("(row)", f"line {line}: expected {media.max_index + 1} fields, found {len(fields)}")
+                elif occurrence is None:
+                    problem = ("coreid", f"occurrence {core_id!r} not in {core.location}")
+                yield _candidate(config, ctx, values, occurrence, core_id, (label, number), problem, check_type=True)
         if number == 0:
             raise SourceError(
-                f"{archive.label(media.location)}: no data rows (ignoreHeaderLines={media.skip_lines}); "
+                f"{label}: no data rows (ignoreHeaderLines={media.skip_lines}); "
                 "a multimedia file without rows gives no image to crawl"
             )
         without_media = occurrences.without_media()
@@ -238,35 +290,86 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
         occurrences.close()
 
 
+def _media_file(archive: Archive, core: FileSpec, extensions: list[FileSpec], kind: str) -> FileSpec | None:
+    """The extension that lists the images, or None when they are the core's associatedMedia."""
+    label = archive.label("meta.xml")
+    wanted = {"multimedia": [MULTIMEDIA], "audubon": [AUDUBON], "associated_media": []}.get(kind, [MULTIMEDIA, AUDUBON])
+    for row_type in wanted:
+        extension = next((e for e in extensions if e.row_type == row_type), None)
+        if extension is None:
+            continue
+        if not any(uri in extension.indexes for uri in (*MEDIA_TERMS["access_uri"], *MEDIA_TERMS["identifier"])):
+            required = "[ac:accessURI or dcterms:identifier]" if row_type == AUDUBON else f"[{DC}identifier]"
+            raise SourceError(
+                f"{label}: <extension> {extension.location} has no <field> for required term(s) {required}"
+            )
+        return extension
+    if kind in ("auto", "associated_media") and (ASSOCIATED_MEDIA in core.indexes or ASSOCIATED_MEDIA in core.defaults):
+        return None
+    found = [e.row_type for e in extensions]
+    expected = {"multimedia": MULTIMEDIA, "audubon": AUDUBON, "associated_media": "(none)"}.get(
+        kind, f"{MULTIMEDIA} or {AUDUBON}"
+    )
+    raise SourceError(
+        f"{label}: no images: no <extension> with rowType {expected} (found {found}) and no {ASSOCIATED_MEDIA} "
+        f"in the core {core.location}" + ("" if kind in ("auto", "associated_media") else f" (media: {kind})")
+    )
+
+
+def _media_value(spec: FileSpec, fields: list[str], uris: tuple[str, ...]) -> str | None:
+    return next((value for uri in uris if (value := spec.value(fields, uri)) is not None), None)
+
+
+def _read_associated_media(config: Config, ctx: CrawlContext, archive: Archive, core: FileSpec) -> Iterator[dict]:
+    """Occurrence-core archives without a media extension: one row per URL of ``dwc:associatedMedia``.
+
+    The list is split on "|" (the Darwin Core recommendation; URLs may hold commas and semicolons). A core row too
+    short to read yields one rejected row; a core row without URLs yields none (their count is logged).
+    """
+    label, without_media = archive.label(core.location), 0
+    for number, line, fields in _records(archive, core):
+        core_id = fields[core.id_index] if len(fields) > core.id_index else ""
+        if len(fields) <= core.max_index:
+            problem = ("(row)", f"line {line}: expected at least {core.max_index + 1} fields, found {len(fields)}")
+            values = dict.fromkeys(MEDIA_TERMS)
+            yield _candidate(config, ctx, values, None, core_id, (label, number), problem, check_type=False)
+            continue
+        occurrence = {name: core.value(fields, uri) for name, uri in OCCURRENCE_TERMS.items()}
+        urls = [url.strip() for url in (core.value(fields, ASSOCIATED_MEDIA) or "").split("|") if url.strip()]
+        without_media += not urls
+        for url in urls:
+            values = {**dict.fromkeys(MEDIA_TERMS), "identifier": url}
+            yield _candidate(config, ctx, values, occurrence, core_id, (label, number), None, check_type=False)
+    if without_media:
+        log.info("%s: %d occurrence(s) have no associatedMedia (no image to crawl)", label, without_media)
+
+
 def _candidate(
     config: Config,
     ctx: CrawlContext,
-    archive: Archive,
-    core: FileSpec,
-    media: FileSpec,
-    number: int,
-    line: int,
-    fields: list[str],
+    values: dict[str, str | None],
     occurrence: dict[str, str | None] | None,
     core_id: str,
+    where: tuple[str, int],
+    problem: tuple[str, str] | None,
+    check_type: bool,
 ) -> dict:
-    """The candidate row of one multimedia row and its occurrence (None when the core id is unknown)."""
-    values = {name: media.value(fields, uri) for name, uri in MEDIA_TERMS.items()}
+    """The candidate row of one image and its occurrence (None when unknown); ``problem`` = (field, message) of
+    a failure found while reading (a malformed row, an unknown occurrence), the first reason of the row."""
     record_id = (occurrence or {}).get("gbifID") or core_id
+    url = values["access_uri"] or values["identifier"]
     partial: dict[str, Any] = {
         "source": config.name,
-        "source_record_id": f"{record_id}:{values['identifier']}",
+        "source_record_id": f"{record_id}:{url}",
         "domain": "plant",
-        "url": rewrite_url(values["identifier"], config.url_rewrite or {}),
+        "url": rewrite_url(url, config.url_rewrite or {}),
         "original_text": values["title"] or values["description"],
-        "input_file": archive.label(media.location),
-        "input_row": number,
+        "input_file": where[0],
+        "input_row": where[1],
     }
-    if len(fields) <= media.max_index:
-        reject(partial, "(row)", f"line {line}: expected {media.max_index + 1} fields, found {len(fields)}")
-    if occurrence is None:
-        reject(partial, "coreid", f"occurrence {core_id!r} not in {core.location}")
-    else:
+    if problem:
+        reject(partial, *problem)
+    if occurrence is not None:
         partial.update(_taxon(occurrence))
         gbif_id = occurrence.get("gbifID")
         partial["page_url"] = (
@@ -275,13 +378,24 @@ def _candidate(
             or (f"https://www.gbif.org/occurrence/{gbif_id}" if gbif_id else None)
         )
         apply_taxon_filter(partial, config.kingdoms, config.min_rank, "taxonRank", "kingdom")
+        basis = occurrence.get("basisOfRecord") or ""
+        if config.basis_of_record and basis.lower() not in {b.lower() for b in config.basis_of_record}:
+            shown = ", ".join(config.basis_of_record)
+            reject(partial, "basisOfRecord", f"basis of record {basis or '(empty)'} not in [{shown}]")
     media_type = (values["type"] or "").strip()
-    if media_type.lower() not in STILL_IMAGE and (media_type or not (values["format"] or "").startswith("image/")):
+    if (
+        check_type
+        and media_type.lower() not in STILL_IMAGE
+        and (media_type or not (values["format"] or "").startswith("image/"))
+    ):
         reject(
             partial,
             "type",
             f"media type {media_type or '(empty, format ' + str(values['format']) + ')'} is not StillImage",
         )
+    variant = (values["variant"] or "").strip()
+    if variant and config.variants and variant.lower() not in {v.lower() for v in config.variants}:
+        reject(partial, "variantLiteral", f"variant {variant!r} not in [{', '.join(config.variants)}]")
     partial["license"] = values["license"] or (occurrence or {}).get("license")
     partial["rights_holder"] = values["rightsHolder"] or values["creator"] or (occurrence or {}).get("rightsHolder")
     return build_row(partial, ctx)

@@ -223,3 +223,119 @@ def test_the_core_is_looked_up_on_disk_one_media_batch_at_a_time(tmp_path, ctx, 
     assert crawl(archive, ctx) == whole
     assert seen == [2, 2, 2]  # six media rows, three lookups of two
     assert not list(spill.glob("gbif-core-*"))
+
+
+AC, DCE, XMP = "http://rs.tdwg.org/ac/terms/", "http://purl.org/dc/elements/1.1/", "http://ns.adobe.com/xap/1.0/rights/"
+DWC, DC = "http://rs.tdwg.org/dwc/terms/", "http://purl.org/dc/terms/"
+
+
+def _block(tag, id_tag, row_type, location, terms):
+    fields = "".join(f'<field index="{i}" term="{t}"/>' for i, t in enumerate(terms))
+    return (
+        f'<{tag} encoding="UTF-8" fieldsTerminatedBy="," linesTerminatedBy="\\n" fieldsEnclosedBy="&quot;" '
+        f'ignoreHeaderLines="1" rowType="{row_type}"><files><location>{location}</location></files>'
+        f'<{id_tag} index="0"/>{fields}</{tag}>'
+    )
+
+
+def _csv(terms, rows):
+    import csv
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerows([[t.rsplit("/", 1)[1] for t in terms], *rows])
+    return out.getvalue()
+
+
+CORE_TERMS = [DWC + "occurrenceID", DWC + "kingdom", DWC + "genus", DWC + "scientificName", DWC + "taxonRank",
+              DWC + "basisOfRecord", DC + "license", DWC + "associatedMedia"]  # fmt: skip
+CORE_ROWS = [
+    ["o1", "Plantae", "Quercus", "Quercus agrifolia", "species", "HumanObservation", "CC-BY-4.0",
+     "https://img.example.org/q1.jpg | https://img.example.org/q2.jpg"],
+    ["o2", "Plantae", "Pinus", "Pinus coulteri", "species", "PreservedSpecimen", "CC0", ""],
+    ["o3", "Plantae", "Sequoia", "Sequoia sempervirens", "species", "HumanObservation", "CC-BY-NC-4.0",
+     "https://img.example.org/s,1.jpg"],
+]  # fmt: skip
+AC_TERMS = [DWC + "occurrenceID", DC + "identifier", AC + "accessURI", DCE + "type", DCE + "format",
+            AC + "variantLiteral", XMP + "UsageTerms", XMP + "Owner", DC + "title",
+            AC + "furtherInformationURL"]  # fmt: skip
+AC_ROWS = [
+    ["o1", "m1", "https://img.example.org/m1-best.jpg", "StillImage", "image/jpeg", "Best Quality",
+     "http://creativecommons.org/licenses/by-nc/4.0/", "Herbarium X", "Quercus leaf", "https://portal.example.org/m1"],
+    ["o1", "m1", "https://img.example.org/m1-thumb.jpg", "StillImage", "image/jpeg", "Thumbnail",
+     "http://creativecommons.org/licenses/by-nc/4.0/", "Herbarium X", "", ""],
+    ["o2", "m2", "https://img.example.org/m2.jpg", "http://purl.org/dc/dcmitype/StillImage", "image/jpeg", "",
+     "http://creativecommons.org/publicdomain/zero/1.0/", "", "", ""],
+    ["o3", "m3", "", "Sound", "audio/mpeg", "", "CC0", "", "", ""],
+]  # fmt: skip
+
+
+def _archive(tmp_path, extension=None):
+    """An occurrence-core archive (comma-separated, quoted), with an Audubon Core extension or none."""
+    blocks = _block("core", "id", DWC + "Occurrence", "occurrence.csv", CORE_TERMS)
+    files = {"occurrence.csv": _csv(CORE_TERMS, CORE_ROWS)}
+    if extension == "audubon":
+        blocks += _block("extension", "coreid", AC + "Multimedia", "multimedia.csv", AC_TERMS)
+        files["multimedia.csv"] = _csv(AC_TERMS, AC_ROWS)
+    files["meta.xml"] = f'<?xml version="1.0"?><archive xmlns="http://rs.tdwg.org/dwc/text/">{blocks}</archive>'
+    return write_dwca(tmp_path / "dwca.zip", members=files)
+
+
+def test_audubon_core_media_access_uri_variants_and_rights(tmp_path, ctx):
+    rows = crawl(_archive(tmp_path, "audubon"), ctx, basis_of_record=["HumanObservation"])
+    assert [r["url"] for r in rows] == [
+        "https://img.example.org/m1-best.jpg",  # ac:accessURI, not the dcterms:identifier "m1"
+        "https://img.example.org/m1-thumb.jpg",
+        "https://img.example.org/m2.jpg",
+        "m3",  # no accessURI: the identifier, which is no URL here (the row is rejected anyway: a sound)
+    ]
+    best, thumb, specimen, sound = rows
+    assert best["status"] == "pending" and best["license"] == "cc-by-nc-4.0"  # xmpRights:UsageTerms
+    assert (best["rights_holder"], best["original_text"], best["page_url"]) == (
+        "Herbarium X",  # xmpRights:Owner
+        "Quercus leaf",
+        "https://portal.example.org/m1",  # ac:furtherInformationURL
+    )
+    assert best["source_record_id"] == "o1:https://img.example.org/m1-best.jpg"
+    assert thumb["error"].endswith("field variantLiteral: variant 'Thumbnail' not in [Best Quality, Good Quality, "
+                                   "Medium Quality]")  # fmt: skip
+    assert specimen["error"].endswith(
+        "field basisOfRecord: basis of record PreservedSpecimen not in [HumanObservation]"
+    )  # herbarium sheets left out on request
+    assert "field type: media type Sound is not StillImage" in sound["error"]
+    assert crawl(_archive(tmp_path, "audubon"), ctx)[2]["status"] == "pending"  # no basis filter by default
+
+
+def test_associated_media_in_the_core_one_row_per_url(tmp_path, ctx):
+    rows = crawl(_archive(tmp_path), ctx)
+    assert [(r["url"], r["input_row"]) for r in rows] == [
+        ("https://img.example.org/q1.jpg", 1),
+        ("https://img.example.org/q2.jpg", 1),
+        ("https://img.example.org/s,1.jpg", 3),  # split on "|" only: a comma belongs to the URL
+    ]  # o2 has no associatedMedia: no row
+    assert all(r["status"] == "pending" for r in rows[:2]) and rows[0]["license"] == "cc-by-4.0"
+    assert rows[0]["scientific_name"] == "Quercus agrifolia" and rows[0]["input_file"].endswith("!occurrence.csv")
+    assert rows[0]["source_record_id"] == "o1:https://img.example.org/q1.jpg"
+    assert rows[2]["license"] == "cc-by-nc-4.0"
+
+
+def test_media_option_picks_the_source_and_names_what_is_missing(tmp_path, ctx):
+    archive = _archive(tmp_path, "audubon")
+    assert len(crawl(archive, ctx, media="associated_media")) == 3  # the core's URLs although AC is there
+    only_multimedia = (
+        r"no images: no <extension> with rowType http://rs.gbif.org/terms/1.0/Multimedia "
+        r"\(found \['http://rs.tdwg.org/ac/terms/Multimedia'\]\)"
+    )
+    with pytest.raises(SourceError, match=only_multimedia):
+        crawl(archive, ctx, media="multimedia")
+    with pytest.raises(ValueError, match="media 'flickr' unknown"):
+        crawl(archive, ctx, media="flickr")
+    core_only = [t for t in CORE_TERMS if t != DWC + "associatedMedia"]
+    files = {
+        "meta.xml": '<?xml version="1.0"?><archive xmlns="http://rs.tdwg.org/dwc/text/">'
+        + _block("core", "id", DWC + "Occurrence", "occurrence.csv", core_only)
+        + "</archive>",
+        "occurrence.csv": _csv(core_only, [row[:-1] for row in CORE_ROWS]),
+    }
+    with pytest.raises(SourceError, match=r"no images: .* and no http://rs.tdwg.org/dwc/terms/associatedMedia"):
+        crawl(write_dwca(tmp_path / "bare.zip", members=files), ctx)
