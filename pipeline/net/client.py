@@ -19,6 +19,7 @@ each text starts with a prefix constant, which the download stage maps to the ro
 
 from __future__ import annotations
 
+import email.utils
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -201,3 +202,19 @@ __all__ = [
     "HTTPStatusError",
     "UnsafeURL",
 ]
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` value asks for (delay-seconds or an HTTP-date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110 dates are GMT
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))

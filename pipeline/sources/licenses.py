@@ -103,7 +103,8 @@ def normalize_license(raw: str | None) -> License:
     code = re.sub(r"[\s_]+", "-", code).replace("--", "-")
     if _CC0_CODE.match(code):
         return License("cc0-1.0", "https://creativecommons.org/publicdomain/zero/1.0/")
-    if code in ("pdm", "pdm-1.0", "public-domain-mark", "public-domain"):
+    # EOL: "public domain" and "cc-publicdomain" (CC's retired Public Domain Certification, which the PDM replaced).
+    if code in ("pdm", "pdm-1.0", "public-domain-mark", "public-domain", "cc-publicdomain"):
         return License("pdm-1.0", "https://creativecommons.org/publicdomain/mark/1.0/")
     match = _CC_CODE.match(code)
     if match:

@@ -20,7 +20,7 @@ import urllib3
 from pipeline.core.config import DownloadConfig, RecipeError
 from pipeline.net import addresses
 from pipeline.net.addresses import AddressGuard, BlockedAddress, why_not_public
-from pipeline.net.client import FetchLimits, FetchRefused, GuardedClient
+from pipeline.net.client import FetchLimits, FetchRefused, GuardedClient, retry_after_seconds
 from pipeline.net.dns import CachedResolver
 from pipeline.net.urls import UnsafeURL, checked_uri, to_uri
 from pipeline.stages.download import politeness
@@ -276,14 +276,14 @@ def test_https_is_verified_against_the_recipes_ca_file_and_never_unverified(http
 
 @pytest.mark.parametrize("value, seconds", [("3", 3.0), (" 120 ", 120.0), ("soon", None), ("", None), (None, None)])
 def test_retry_after_values_are_read_as_delays(value, seconds):
-    assert politeness.retry_after_seconds(value) == seconds
+    assert retry_after_seconds(value) == seconds
 
 
 def test_retry_after_dates_are_read_against_now():
     now = 1_700_000_000.0
     date = email.utils.formatdate(now + 90, usegmt=True)
-    assert politeness.retry_after_seconds(date, now=now) == pytest.approx(90)
-    assert politeness.retry_after_seconds(email.utils.formatdate(now - 90, usegmt=True), now=now) == 0.0
+    assert retry_after_seconds(date, now=now) == pytest.approx(90)
+    assert retry_after_seconds(email.utils.formatdate(now - 90, usegmt=True), now=now) == 0.0
 
 
 def test_a_hosts_retry_after_holds_its_next_request_and_the_retry_succeeds():

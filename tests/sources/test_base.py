@@ -74,11 +74,13 @@ def test_context_and_config_validation():
 def test_registry_lists_and_loads_adapters(tmp_path):
     table = registry.adapters()
     assert table["inaturalist"] == "pipeline.sources.inaturalist"
-    assert set(table) >= {"inaturalist", "gbif_dwca", "url_caption_pool", "local_folder"}
+    assert set(table) >= {"inaturalist", "gbif_dwca", "url_caption_pool", "local_folder", "eol", "commons"}
     for name in table:
         module = registry.load_adapter(name)
         assert hasattr(module, "Config") and callable(module.read)
-    with pytest.raises(ConfigError, match="unknown source adapter 'wikimedia'; known adapters: gbif_dwca, inat"):
+    with pytest.raises(
+        ConfigError, match="unknown source adapter 'wikimedia'; known adapters: commons, eol, gbif_dwca, inat"
+    ):
         registry.load_adapter("wikimedia")
     custom = tmp_path / "sources.yaml"
     custom.write_text("adapters:\n  mine:\n    module: pipeline.sources.pool\n    description: d\n    format: f\n")

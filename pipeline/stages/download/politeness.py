@@ -25,7 +25,6 @@ up by name on every call; :func:`installed` swaps it in for one download):
 
 from __future__ import annotations
 
-import email.utils
 import io
 import math
 import threading
@@ -45,7 +44,7 @@ from PIL import Image
 from protego import Protego
 
 from pipeline.net.addresses import BlockedAddress
-from pipeline.net.client import TOO_LARGE_PREFIX, FetchRefused, GuardedClient, HTTPStatusError
+from pipeline.net.client import TOO_LARGE_PREFIX, FetchRefused, GuardedClient, HTTPStatusError, retry_after_seconds
 from pipeline.net.urls import BLOCKED_URL_PREFIX, UnsafeURL, checked_uri
 from pipeline.stages.download.quarantine import RowBytes
 from pipeline.stages.download.results import ROBOTS_ERROR_PREFIX, ROBOTS_UNREACHABLE_PREFIX
@@ -66,22 +65,6 @@ class RobotsRefused(Exception):
 
 class HostBackingOff(Exception):
     """The host's Retry-After is further away than the policy sleeps for; the text is the row's error."""
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` value asks for (delay-seconds or an HTTP-date); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:  # RFC 9110 dates are GMT
-        return None
-    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
 
 
 class _HeaderLookup:
