@@ -588,7 +588,8 @@ def write_unit(build: Build, stage: Stage, unit: str, files: dict[str, Any], sta
 def run_dedup_chain(build: Build) -> dict[str, float]:
     """``run_stage`` for every stage after embed (dedup_exact, dedup_caption, dedup_image, decontaminate, judge)."""
     seconds = {}
-    for stage in STAGES[3:]:
+    names = [s.name for s in STAGES]
+    for stage in STAGES[names.index("embed") + 1 :]:
         start = time.perf_counter()
         run_stage(stage, build)
         seconds[stage.name] = time.perf_counter() - start

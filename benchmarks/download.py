@@ -86,7 +86,7 @@ def run_ours(recipe: Recipe, processes: int) -> float:
     """Every stage after the crawl (download, judge; embed is off), units on a thread pool as the flow runs them."""
     start = time.perf_counter()
     build = Build.of(recipe)
-    for stage in STAGES[1:]:
+    for stage in [s for s in STAGES if s.name not in ("crawl_parts", "crawl")]:
         units = stage.plan(build)
         with ThreadPoolExecutor(max_workers=processes) as pool:
             list(pool.map(lambda unit, stage=stage: run_unit(stage, build, unit), units))

@@ -211,9 +211,19 @@ def _remote_files(url: str, suffixes: set[str]) -> list[str]:
 
 def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
     """Yield one candidate row per pool row of every pool file (rejected rows included, with their reason)."""
-    reader = {"parquet": _parquet, "csv": _delimited, "tsv": _delimited, "jsonl": _jsonl}[config.format or ""]
     for path in pool_files(config):
-        yield from _read_file(config, ctx, path, reader(config, path))
+        yield from read_part(config, ctx, path)
+
+
+def parts(config: Config) -> list[str]:
+    """The pool's files: the crawl reads each as its own unit (a DataComp shard list spreads over workers)."""
+    return pool_files(config)
+
+
+def read_part(config: Config, ctx: CrawlContext, path: str) -> Iterator[dict]:
+    """The candidate rows of one pool file (``input_row`` counts rows of that file, as in :func:`read`)."""
+    reader = {"parquet": _parquet, "csv": _delimited, "tsv": _delimited, "jsonl": _jsonl}[config.format or ""]
+    yield from _read_file(config, ctx, path, reader(config, path))
 
 
 def _read_file(config: Config, ctx: CrawlContext, path: str, rows: Iterator) -> Iterator[dict]:

@@ -4,8 +4,9 @@ run an adapter.
 The YAML maps each adapter name to ``module`` (importable path), ``description`` and ``format`` (where the
 published format is specified). A module is an adapter if it has a ``Config`` dataclass (with ``from_dict``) and
 ``read(config, ctx)``; one that joins its export in DuckDB also offers ``read_batches(config, ctx)`` (Arrow
-batches, no object per row). Names resolve through the table, never through string routing in code, so adding a
-source is one new module plus one registry entry.
+batches, no object per row), one whose source comes in many files ``parts(config)`` and
+``read_part(config, ctx, part)`` (the crawl then runs one unit per part). Names resolve through the table, never
+through string routing in code, so adding a source is one new module plus one registry entry.
 """
 
 from __future__ import annotations
@@ -82,23 +83,35 @@ def read_source(
     return module.read(config, ctx)
 
 
+def source_parts(adapter_name: str, options: Mapping[str, Any], registry_path: str | Path | None = None) -> list[str]:
+    """The parts a source can be crawled in, one unit each (an adapter's ``parts(config)``: the files of a pool
+    that ships as thousands of part files); empty when the adapter reads its source whole."""
+    module = load_adapter(adapter_name, registry_path)
+    parts = getattr(module, "parts", None)
+    return list(parts(module.Config.from_dict(dict(options)))) if callable(parts) else []
+
+
 def read_source_batches(
     adapter_name: str,
     options: Mapping[str, Any],
     ctx: CrawlContext,
     batch_rows: int = 8_192,
     registry_path: str | Path | None = None,
+    part: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """The adapter's candidate rows as Arrow batches of ``CANDIDATE_SCHEMA``.
+    """The adapter's candidate rows (of one of its ``parts``, if given) as Arrow batches of ``CANDIDATE_SCHEMA``.
 
     An adapter that joins its export in DuckDB or Arrow offers ``read_batches(config, ctx)`` and never makes a
     Python object per row; any other is read row by row and batched here (``batch_rows`` dicts at a time).
     """
     module = load_adapter(adapter_name, registry_path)
     config = module.Config.from_dict(dict(options))
-    if callable(getattr(module, "read_batches", None)):
+    if part is not None:
+        rows = iter(module.read_part(config, ctx, part))
+    elif callable(getattr(module, "read_batches", None)):
         yield from module.read_batches(config, ctx)
         return
-    rows = iter(module.read(config, ctx))
+    else:
+        rows = iter(module.read(config, ctx))
     while batch := list(itertools.islice(rows, batch_rows)):
         yield pa.RecordBatch.from_pylist(batch, schema=CANDIDATE_SCHEMA)

@@ -1,7 +1,9 @@
-"""Crawl stage: run one source adapter and store its candidate rows (no image bytes) as Parquet.
+"""Crawl stages: run the source adapters and store their candidate rows (no image bytes) as Parquet.
 
 Units are the recipe's sources; each writes ``crawl/<source>.parquet`` with every column of
-``CANDIDATE_SCHEMA``, streamed in batches so a source of tens of millions of rows never sits in memory. Rows keep
+``CANDIDATE_SCHEMA``, streamed in batches so a source of tens of millions of rows never sits in memory. A source
+that comes in many files (a pool's part files) is crawled one file per unit of the ``crawl_parts`` stage first,
+spread over the orchestrator's workers; its crawl unit then joins the parts in order. Rows keep
 the adapter's order, so download plans and sample ids are identical on every rerun. A record id that appears
 twice in an export keeps its first row; each repeat is kept too, as ``rejected`` with the row it repeats and an
 id of its own. Repeats are found by one DuckDB aggregation over the written rows, not by a dict of every id.
@@ -25,17 +27,49 @@ import pyarrow.parquet as pq
 
 from pipeline.core import duck, schema
 from pipeline.core.config import SourceSpec
-from pipeline.core.harness import Build, Stage
+from pipeline.core.harness import Build, Stage, unit_fingerprints
 from pipeline.core.io import join, url_to_fs
 from pipeline.sources.base import CrawlContext
-from pipeline.sources.registry import read_source_batches
+from pipeline.sources.registry import read_source_batches, source_parts
 
 BATCH_ROWS = 8_192  # adapter rows held as Python dicts before they are written out (sets the crawl's peak memory)
 # Adapter options that name input files (a file, a folder read recursively, or a glob), as the adapters' Config
-# fields in pipeline/sources/ declare them; ``common_names`` is relative to ``directory`` unless absolute.
-INPUT_OPTIONS = ("path", "directory", "common_names")
+# fields in pipeline/sources/ declare them; ``common_names`` is relative to ``directory`` and ``pages`` to the
+# folder of ``path`` unless absolute.
+INPUT_OPTIONS = ("path", "directory", "common_names", "pages")
 # What tells one version of a file from another, by filesystem: local mtime, S3 / GCS / HF content tags, dates.
 VERSION_KEYS = ("mtime", "ETag", "etag", "md5Hash", "blob_id", "LastModified", "last_modified", "updated")
+
+
+PART_SEPARATOR = ".part-"  # unit <source>.part-00003 crawls the fourth file of a source that comes in parts
+
+
+class CrawlPartsStage(Stage):
+    """Sources that come in many files (a pool's part files: DataComp and LAION ship thousands) are crawled one
+    file per unit, so an orchestrator spreads them over its workers (Prefect map, Dask) and a rerun resumes per
+    file. Each unit writes ``crawl_parts/<source>.part-<k>.parquet``; the crawl stage then joins a source's parts
+    in order and marks repeats across them. Sources read whole plan no unit here."""
+
+    name = "crawl_parts"
+
+    def plan(self, build: Build) -> list[str]:
+        return [unit for spec in build.recipe.sources for unit in part_units(spec)]
+
+    def units(self, build: Build) -> list[str]:
+        return self.plan(build)
+
+    def provenance(self, build: Build, unit: str) -> dict[str, Any]:
+        spec, part = _part_of(build, unit)
+        return {"source": spec.name, "adapter": spec.adapter, "options": spec.options, "part": part,
+                "inputs": _files_state(part)}  # fmt: skip
+
+    def decides(self, build: Build, unit: str) -> Any:
+        return {"stage": self.name, **self.provenance(build, unit), "caption_style": build.recipe.caption_style}
+
+    def run(self, build: Build, unit: str, out: Path) -> dict[str, Any]:
+        spec, part = _part_of(build, unit)
+        status = _write_candidates(build, spec, out / f"{unit}.parquet", part)
+        return {"rows": sum(status.values()), "status": dict(sorted(status.items())), "part": part}
 
 
 class CrawlStage(Stage):
@@ -52,15 +86,19 @@ class CrawlStage(Stage):
         return {"source": spec.name, "adapter": spec.adapter, "options": spec.options, "inputs": input_state(spec)}
 
     def decides(self, build: Build, unit: str) -> Any:
-        return {"stage": self.name, **self.provenance(build, unit), "caption_style": build.recipe.caption_style}
+        parts = part_units(_spec(build, unit))
+        joined = unit_fingerprints(build.layout.stage_dir(CrawlPartsStage.name), parts) if parts else None
+        return {"stage": self.name, **self.provenance(build, unit), "caption_style": build.recipe.caption_style,
+                **({"parts": joined} if parts else {})}  # fmt: skip
 
     def run(self, build: Build, unit: str, out: Path) -> dict[str, Any]:
         spec = _spec(build, unit)
-        ctx = CrawlContext(caption_style=build.recipe.caption_style, duckdb=build.recipe.duckdb)
         raw = out / f"{unit}.raw.parquet"
-        with pq.ParquetWriter(raw, schema.CANDIDATE_SCHEMA, compression="zstd") as writer:
-            for batch in read_source_batches(spec.adapter, {"name": spec.name, **spec.options}, ctx, BATCH_ROWS):
-                writer.write_batch(batch)
+        parts = part_units(spec)
+        if parts:
+            _join_parts(build, parts, raw)
+        else:
+            _write_candidates(build, spec, raw)
         final = out / f"{unit}.parquet"
         con = duck.connect(build.recipe.duckdb)
         mark_repeats(con, raw, final)
@@ -68,7 +106,47 @@ class CrawlStage(Stage):
         counts = dict(
             con.sql(f"SELECT status, count(*) FROM read_parquet({duck.literal(final)}) GROUP BY 1").fetchall()
         )
-        return {"rows": sum(counts.values()), "status": dict(sorted(counts.items()))}
+        stats = {"rows": sum(counts.values()), "status": dict(sorted(counts.items()))}
+        return {**stats, "parts": len(parts)} if parts else stats
+
+
+def part_units(spec: SourceSpec) -> list[str]:
+    """``<source>.part-<k>`` per part of a source that comes in several; empty for a source read whole."""
+    parts = source_parts(spec.adapter, _options(spec))
+    return [f"{spec.name}{PART_SEPARATOR}{k:05d}" for k in range(len(parts))] if len(parts) > 1 else []
+
+
+def _part_of(build: Build, unit: str) -> tuple[SourceSpec, str]:
+    source, _, k = unit.rpartition(PART_SEPARATOR)
+    spec = _spec(build, source)
+    return spec, source_parts(spec.adapter, _options(spec))[int(k)]
+
+
+def _options(spec: SourceSpec) -> dict[str, Any]:
+    return {"name": spec.name, **spec.options}
+
+
+def _write_candidates(build: Build, spec: SourceSpec, path: Path, part: str | None = None) -> dict[str, int]:
+    """Stream the adapter's rows (of one part, if given) into ``path``; returns the rows per status."""
+    ctx = CrawlContext(caption_style=build.recipe.caption_style, duckdb=build.recipe.duckdb)
+    status: dict[str, int] = {}
+    with pq.ParquetWriter(path, schema.CANDIDATE_SCHEMA, compression="zstd") as writer:
+        for batch in read_source_batches(spec.adapter, _options(spec), ctx, BATCH_ROWS, part=part):
+            writer.write_batch(batch)
+            for entry in pc.value_counts(batch.column("status")).to_pylist():
+                status[entry["values"]] = status.get(entry["values"], 0) + entry["counts"]
+    return status
+
+
+def _join_parts(build: Build, parts: list[str], path: Path) -> None:
+    """The parts' rows, in part order, streamed into one local file (a batch at a time)."""
+    layout = build.layout
+    with pq.ParquetWriter(path, schema.CANDIDATE_SCHEMA, compression="zstd") as writer:
+        for unit in parts:
+            fs, remote = url_to_fs(layout.unit_file(CrawlPartsStage.name, unit))
+            with fs.open(remote, "rb") as stream:
+                for batch in pq.ParquetFile(stream).iter_batches(batch_size=BATCH_ROWS):
+                    writer.write_batch(batch)
 
 
 def input_state(spec: SourceSpec) -> dict[str, Any]:
@@ -81,6 +159,8 @@ def input_state(spec: SourceSpec) -> dict[str, Any]:
             continue
         if key == "common_names" and isinstance(options.get("directory"), str) and not _absolute(location):
             location = join(options["directory"], location)
+        if key == "pages" and isinstance(options.get("path"), str) and not _absolute(location):
+            location = join(options["path"].rstrip("/").rpartition("/")[0] or ".", location)
         state[key] = _files_state(location)
     return state
 

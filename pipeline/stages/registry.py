@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.core.harness import Stage
-from pipeline.stages.crawl import CrawlStage
+from pipeline.stages.crawl import CrawlPartsStage, CrawlStage
 from pipeline.stages.dedup.caption import CaptionDedupStage
 from pipeline.stages.dedup.decontaminate import DecontaminateStage
 from pipeline.stages.dedup.exact import ExactDedupStage
@@ -15,9 +15,11 @@ from pipeline.stages.mix import MixStage
 from pipeline.stages.publish import PublishStage
 from pipeline.stages.sample import SampleStage
 
-# Embed follows download shard by shard; the dedup stages then run in the order their drops depend on (each
+# Sources in many files are crawled a file per unit, then joined per source;
+# embed follows download shard by shard; the dedup stages then run in the order their drops depend on (each
 # leaves out what an earlier one dropped): exact, caption, image; decontamination compares every embedded row.
 _BEFORE_JUDGE: tuple[Stage, ...] = (
+    CrawlPartsStage(),
     CrawlStage(),
     DownloadStage(),
     EmbedStage(),

@@ -119,11 +119,11 @@ def test_sources_with_a_shared_name_prefix_crawl_side_by_side(tmp_path, monkeypa
     started = {name: threading.Event() for name in names}
     read_source_batches = crawl.read_source_batches
 
-    def paced(adapter, options, ctx, batch_rows):
+    def paced(adapter, options, ctx, batch_rows, part=None):
         started[options["name"]].set()
         if options["name"] == "inat-2023":  # hold the crawl open until inat has cleared its leftovers and begun
             assert started["inat"].wait(20)
-        yield from read_source_batches(adapter, options, ctx, batch_rows)
+        yield from read_source_batches(adapter, options, ctx, batch_rows, part=part)
 
     monkeypatch.setattr(crawl, "read_source_batches", paced)
     build, stage = Build.of(recipe), crawl.CrawlStage()
@@ -139,3 +139,43 @@ def test_sources_with_a_shared_name_prefix_crawl_side_by_side(tmp_path, monkeypa
         assert records[name]["stats"] == {"rows": 5, "status": {"pending": 5}}
         assert [r["source_record_id"] for r in crawled(tmp_path, name)] == [f"{name}{i}" for i in range(5)]
     assert not (tmp_path / "build" / "crawl" / "_tmp").exists()
+
+
+def test_a_pool_in_part_files_crawls_one_unit_per_file_then_joins_them_in_order(tmp_path, monkeypatch):
+    """Three part files: three crawl_parts units (resumable each), one crawl file in file order, repeats across
+    files rejected; the rows equal crawling the pool whole; a part changed after its crawl is refused."""
+    from pipeline.runner import run_stage
+    from pipeline.sources import pool as pool_adapter
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for k in range(3):
+        rows = "".join(f"id{k}-{i},http://h/{k}/{i}.jpg,cap {i}\n" for i in range(4))
+        repeat = "id0-1,http://h/again.jpg,cap\n" if k == 2 else ""
+        (folder / f"part-{k}.csv").write_text("uid,url,caption\n" + rows + repeat)
+    spec = SourceSpec("pool", "url_caption_pool", {"path": str(folder), "id_col": "uid", "format": "csv"})
+    recipe = Recipe(name="t", output_dir=str(tmp_path / "build"), sources=[spec])
+    build = Build.of(recipe)
+    parts_stage = crawl.CrawlPartsStage()
+    assert parts_stage.plan(build) == ["pool.part-00000", "pool.part-00001", "pool.part-00002"]
+    run_unit(parts_stage, build, "pool.part-00001")  # a worker finished one part; the rest run on a rerun
+    first = (tmp_path / "build" / "crawl_parts" / "pool.part-00001.done.json").stat().st_mtime_ns
+    run_stage(parts_stage, build)
+    assert (tmp_path / "build" / "crawl_parts" / "pool.part-00001.done.json").stat().st_mtime_ns == first
+    record = run_unit(crawl.CrawlStage(), build, "pool")
+    joined = crawled(tmp_path)
+    assert record["stats"] == {"rows": 13, "status": {"pending": 12, "rejected": 1}, "parts": 3}
+    assert [r["input_file"].rsplit("/", 1)[1] for r in joined] == ["part-0.csv"] * 4 + ["part-1.csv"] * 4 + [
+        "part-2.csv"
+    ] * 5
+    assert "repeats row 2 of" in joined[-1]["error"] and joined[-1]["error"].endswith("part-0.csv")
+
+    monkeypatch.setattr(pool_adapter, "parts", lambda config: [])  # the same pool read whole, in one unit
+    whole = Recipe(name="t", output_dir=str(tmp_path / "whole"), sources=[spec])
+    run_unit(crawl.CrawlStage(), Build.of(whole), "pool")
+    assert pq.read_table(tmp_path / "whole" / "crawl" / "pool.parquet").to_pylist() == joined
+    monkeypatch.undo()
+
+    (folder / "part-0.csv").write_text("uid,url,caption\nnew,http://h/new.jpg,cap\n")
+    with pytest.raises(StageMismatch):
+        run_unit(parts_stage, build, "pool.part-00000")
