@@ -4,6 +4,8 @@
     plantmix sql --build builds/demo            # interactive: one query per line, Ctrl-D to quit
     plantmix sql "COPY kept TO 'kept.parquet'" --build builds/demo --allow-writes   # read-only unless asked
     plantmix summary --build builds/demo
+    plantmix sources                                  # the source adapters (pipeline/sources/sources.yaml)
+    plantmix sources inaturalist                      # one adapter: format, where to get it, fields, options
     plantmix mixing-law fit results.csv --reference 0.42   # pipeline/mixing/cli.py
 
 Views: samples, kept, by_source, by_status, licenses, failures, taxa (pipeline/query/views.sql).
@@ -16,12 +18,17 @@ import argparse
 import csv
 import json
 import sys
+import textwrap
 
 import duckdb
 
 from pipeline.mixing.cli import add_parser as add_mixing_law_parser
 from pipeline.query import sql
 from pipeline.query.summary import render, summarize
+from pipeline.sources import registry
+from pipeline.sources.base import ConfigError
+
+WIDTH = 110  # columns the sources tables wrap at (URLs and other words are never split)
 
 
 def _print(rel: duckdb.DuckDBPyRelation, fmt: str) -> None:
@@ -61,6 +68,45 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table(rows: list[tuple[str, ...]], indent: str = "") -> str:
+    """Rows as aligned columns; the last column wraps under itself."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        head = indent + "".join(cell.ljust(width + 2) for cell, width in zip(row, widths, strict=False))
+        wrapped = textwrap.wrap(row[-1], WIDTH - len(head), break_long_words=False, break_on_hyphens=False)
+        lines += [(head if i == 0 else " " * len(head)) + text for i, text in enumerate(wrapped or [""])]
+    return "\n".join(lines)
+
+
+def _value(default: object) -> str:
+    """An option's default as a recipe writes it (JSON is YAML): "medium", ["research"], null."""
+    return json.dumps(list(default) if isinstance(default, tuple) else default, ensure_ascii=False, default=str)
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    try:
+        table = registry.load_registry()
+        if args.name is None:
+            print(_table([(info.name, info.description) for info in table.values()]))
+            print("\nplantmix sources NAME: its format, where to get the data, field mapping, licenses and options")
+            return 0
+        options = registry.adapter_options(args.name)  # an unknown name raises, listing the known ones
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    info = table[args.name]
+    print(_table([(f"{info.name}:", info.description)]))
+    print()
+    print(_table([(key, getattr(info, key)) for key in ("format", "get", "licenses", "module")]))
+    print("\nfields (manifest column <- source):")
+    print(_table([("column", "from"), *info.fields.items()], indent="  "))
+    print(f"\noptions (a recipe source's options; {info.module}.Config):")
+    rows = [(o.name, o.type, "(required)" if o.required else _value(o.default)) for o in options]
+    print(_table([("option", "type", "default"), *rows], indent="  "))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="plantmix", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p_sum.add_argument("--build", required=True, help="build folder, or a manifest Parquet file")
     p_sum.add_argument("--json", action="store_true", help="print JSON instead of text")
     p_sum.set_defaults(func=cmd_summary)
+    p_src = sub.add_parser("sources", help="list the source adapters, or document one (format, fields, options)")
+    p_src.add_argument("name", nargs="?", help="adapter name; omitted: list every adapter")
+    p_src.set_defaults(func=cmd_sources)
     add_mixing_law_parser(sub)
     args = parser.parse_args(argv)
     try:

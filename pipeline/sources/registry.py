@@ -1,16 +1,19 @@
 """The source registry: adapter name -> module, read from ``sources.yaml`` beside this module, and one way to
 run an adapter.
 
-The YAML maps each adapter name to ``module`` (importable path), ``description`` and ``format`` (where the
-published format is specified). A module is an adapter if it has a ``Config`` dataclass (with ``from_dict``) and
-``read(config, ctx)``; one that joins its export in DuckDB also offers ``read_batches(config, ctx)`` (Arrow
-batches, no object per row), one whose source comes in many files ``parts(config)`` and
-``read_part(config, ctx, part)`` (the crawl then runs one unit per part). Names resolve through the table, never
-through string routing in code, so adding a source is one new module plus one registry entry.
+The YAML maps each adapter name to ``module`` (importable path) and its documentation, which every entry must
+have: ``description`` (one line), ``format`` (where the published format is specified), ``get`` (where and how
+users obtain the data), ``fields`` (manifest column -> the source field(s) it comes from) and ``licenses`` (where
+the license comes from, what is rejected); ``plantmix sources [name]`` prints it. A module is an adapter if it has
+a ``Config`` dataclass (with ``from_dict``) and ``read(config, ctx)``; one that joins its export in DuckDB also
+offers ``read_batches(config, ctx)`` (Arrow batches, no object per row), one whose source comes in many files
+``parts(config)`` and ``read_part(config, ctx, part)`` (the crawl then runs one unit per part). Names resolve through
+the table, never through string routing in code, so adding a source is one new module plus one registry entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 from collections.abc import Iterator, Mapping
@@ -28,16 +31,33 @@ from pipeline.sources.base import ConfigError, CrawlContext
 DEFAULT_REGISTRY = Path(__file__).resolve().parent / "sources.yaml"  # package data, installed with the package
 
 
+DOC_KEYS = ("description", "format", "get", "fields", "licenses")  # the documentation every entry must have
+ENTRY_KEYS = ("module", *DOC_KEYS)
+
+
 @dataclass(frozen=True)
 class AdapterInfo:
     name: str  # registry key, used by recipes
     module: str  # importable module implementing Config + read
     description: str  # one line for humans
     format: str  # where the input format is specified (URL or doc path)
+    get: str  # where and how users obtain the data (URL + one line)
+    fields: dict[str, str]  # manifest (candidate) column -> the source field(s) it comes from
+    licenses: str  # where the license comes from and what is rejected
+
+
+@dataclass(frozen=True)
+class ConfigOption:
+    """One option a recipe can give an adapter: a field of its ``Config`` dataclass."""
+
+    name: str
+    type: str  # the annotation as written, e.g. "tuple[str, ...]"
+    default: Any  # the default value (a default_factory called); None where required
+    required: bool  # no default: the recipe must give it
 
 
 def load_registry(path: str | Path | None = None) -> dict[str, AdapterInfo]:
-    """Parse the registry YAML; errors name the file and the entry."""
+    """Parse the registry YAML; errors name the file and the entry (unknown keys, missing documentation)."""
     path = Path(path) if path else DEFAULT_REGISTRY
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -47,15 +67,36 @@ def load_registry(path: str | Path | None = None) -> dict[str, AdapterInfo]:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
     if not isinstance(document, dict) or not isinstance(document.get("adapters"), dict):
         raise ConfigError(f"{path}: expected a mapping with an 'adapters' mapping at the top")
-    registry = {}
-    for name, entry in document["adapters"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("module"), str):
-            raise ConfigError(f"{path}: adapters.{name} needs a 'module' string (and description, format)")
-        unknown = sorted(set(entry) - {"module", "description", "format"})
-        if unknown:
-            raise ConfigError(f"{path}: adapters.{name} has unknown key(s) {unknown}")
-        registry[name] = AdapterInfo(name, entry["module"], entry.get("description", ""), entry.get("format", ""))
-    return registry
+    return {name: _entry(path, name, entry) for name, entry in document["adapters"].items()}
+
+
+def _entry(path: Path, name: str, entry: Any) -> AdapterInfo:
+    """One entry, checked: a module, every documentation key and no other, ``fields`` keyed by manifest columns."""
+    where = f"{path}: adapters.{name}"
+    if not isinstance(entry, dict) or not isinstance(entry.get("module"), str):
+        raise ConfigError(f"{where} needs a 'module' string (and {', '.join(DOC_KEYS)})")
+    unknown = sorted(set(entry) - set(ENTRY_KEYS))
+    if unknown:
+        raise ConfigError(f"{where} has unknown key(s) {unknown}; expected {list(ENTRY_KEYS)}")
+    missing = [key for key in DOC_KEYS if key not in entry]
+    if missing:
+        raise ConfigError(f"{where} is undocumented: missing key(s) {missing}; every adapter has {list(DOC_KEYS)}")
+    for key in ("description", "format", "get", "licenses"):
+        if not isinstance(entry[key], str) or not entry[key].strip():
+            raise ConfigError(f"{where}.{key}: expected a non-empty string, got {entry[key]!r}")
+    fields = entry["fields"]
+    if not isinstance(fields, dict) or not fields:
+        raise ConfigError(f"{where}.fields: expected a mapping of manifest column -> source field(s), got {fields!r}")
+    columns = CANDIDATE_SCHEMA.names
+    not_columns = sorted(str(column) for column in fields if column not in columns)
+    if not_columns:
+        raise ConfigError(f"{where}.fields: {not_columns} not manifest (candidate) column(s); known: {columns}")
+    for column, source in fields.items():
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigError(f"{where}.fields.{column}: expected a non-empty string, got {source!r}")
+    return AdapterInfo(
+        name, entry["module"], entry["description"], entry["format"], entry["get"], dict(fields), entry["licenses"]
+    )
 
 
 def adapters(path: str | Path | None = None) -> dict[str, str]:
@@ -74,6 +115,21 @@ def load_adapter(name: str, registry_path: str | Path | None = None) -> ModuleTy
     return module
 
 
+def adapter_options(name: str, registry_path: str | Path | None = None) -> list[ConfigOption]:
+    """The options a recipe can give adapter ``name``: its ``Config`` dataclass's fields, in order, with defaults."""
+    options = []
+    for field in dataclasses.fields(load_adapter(name, registry_path).Config):
+        if field.default is not dataclasses.MISSING:
+            default, required = field.default, False
+        elif field.default_factory is not dataclasses.MISSING:
+            default, required = field.default_factory(), False
+        else:
+            default, required = None, True
+        annotation = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+        options.append(ConfigOption(field.name, annotation, default, required))
+    return options
+
+
 def read_source(
     adapter_name: str, options: Mapping[str, Any], ctx: CrawlContext, registry_path: str | Path | None = None
 ) -> Iterator[dict]:
@@ -89,6 +145,16 @@ def source_parts(adapter_name: str, options: Mapping[str, Any], registry_path: s
     module = load_adapter(adapter_name, registry_path)
     parts = getattr(module, "parts", None)
     return list(parts(module.Config.from_dict(dict(options)))) if callable(parts) else []
+
+
+def source_local_roots(
+    adapter_name: str, options: Mapping[str, Any], registry_path: str | Path | None = None
+) -> list[str]:
+    """Folders whose files the download may read for this source (``file://`` URLs of a local or pre-downloaded
+    source: an adapter's ``local_roots(config)``); empty for a web source."""
+    module = load_adapter(adapter_name, registry_path)
+    roots = getattr(module, "local_roots", None)
+    return list(roots(module.Config.from_dict(dict(options)))) if callable(roots) else []
 
 
 def read_source_batches(

@@ -87,6 +87,34 @@ def test_cli_sql_and_summary(small_build, capsys):
     assert cli.main(["summary", "--build", str(small_build / "nowhere")]) == 2
 
 
+def test_cli_sources_lists_and_documents_the_adapters(capsys):
+    assert cli.main(["sources"]) == 0
+    out = capsys.readouterr().out
+    starts = {line.split()[0] for line in out.splitlines() if line and not line[0].isspace()}
+    assert starts >= {"inaturalist", "gbif_dwca", "url_caption_pool", "local_folder", "eol", "commons"}
+    assert "iNaturalist open data export" in out and "Wikimedia Commons" in out
+    assert cli.main(["sources", "inaturalist"]) == 0
+    out = capsys.readouterr().out
+    for text in ("format    https://github.com/inaturalist/inaturalist-open-data", "get       https://",
+                 "module    pipeline.sources.inaturalist", "all rights reserved -> rejected"):  # fmt: skip
+        assert text in out
+    rows = [line.split(None, 1) for line in out.splitlines() if line.startswith("  ") and line[2] != " "]
+    table = dict(rows)  # the fields and options tables: first column -> the rest
+    assert table["license"] == "photos.license" and table["rights_holder"].startswith("observers.name")
+    assert table["source_record_id"] == "{photos.photo_id}:{photos.observation_uuid}"
+    # Config options with their defaults, as a recipe writes them
+    assert table["directory"].split() == ["str", "(required)"]
+    assert table["quality_grades"].split() == ["tuple[str,", "...]", '["research"]']
+    assert table["common_names"].split() == ["str", "|", "None", "null"]
+
+
+def test_cli_sources_unknown_adapter_names_the_known_ones(capsys):
+    assert cli.main(["sources", "wikimedia"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "unknown source adapter 'wikimedia'; known adapters: commons, eol, gbif_dwca, inaturalist" in captured.err
+
+
 def test_stage_harness_keeps_nothing_from_a_failed_shard(tmp_path):
     stage = str(tmp_path / "stage")
 

@@ -1,10 +1,16 @@
+import dataclasses
+
 import pyarrow as pa
 import pytest
+import yaml
 
 from pipeline.core.schema import CANDIDATE_SCHEMA, sample_id_for
 from pipeline.sources import registry
 from pipeline.sources.base import ConfigError, CrawlContext, build_row, rewrite_url
 from pipeline.sources.inaturalist import Config as InatConfig
+
+# The documentation every registry entry must carry (a custom registry's entry included).
+DOCUMENTED = {"description": "d", "format": "f", "get": "g", "fields": {"url": "u"}, "licenses": "l"}
 
 BASE = {
     "source": "src",
@@ -83,7 +89,7 @@ def test_registry_lists_and_loads_adapters(tmp_path):
     ):
         registry.load_adapter("wikimedia")
     custom = tmp_path / "sources.yaml"
-    custom.write_text("adapters:\n  mine:\n    module: pipeline.sources.pool\n    description: d\n    format: f\n")
+    custom.write_text(yaml.safe_dump({"adapters": {"mine": {"module": "pipeline.sources.pool", **DOCUMENTED}}}))
     assert registry.load_adapter("mine", custom).__name__ == "pipeline.sources.pool"
     custom.write_text("adapters:\n  mine:\n    modul: x\n")
     with pytest.raises(ConfigError, match="adapters.mine needs a 'module'"):
@@ -137,3 +143,50 @@ def test_an_iri_is_stored_as_its_uri_and_the_original_is_kept(ctx, iri, uri):
 def test_an_invalid_internationalised_host_is_a_rejected_row(ctx):
     row = build_row({**BASE, "url": "http://a..b\u200d.example/x.jpg"}, ctx)
     assert row["status"] == "rejected" and "field url" in row["error"]
+
+
+def test_every_shipped_adapter_is_documented():
+    table = registry.load_registry()
+    assert set(table) >= {"inaturalist", "gbif_dwca", "url_caption_pool", "local_folder", "eol", "commons"}
+    for name, info in table.items():
+        for text in (info.description, info.format, info.get, info.licenses):
+            assert isinstance(text, str) and text.strip(), name
+        assert {"url", "license"} <= set(info.fields) <= set(CANDIDATE_SCHEMA.names), name
+        assert all(isinstance(source, str) and source.strip() for source in info.fields.values()), name
+        options = registry.adapter_options(name)
+        assert [o.name for o in options] == [f.name for f in dataclasses.fields(registry.load_adapter(name).Config)]
+    inat = table["inaturalist"]
+    assert inat.fields["license"] == "photos.license" and "observers.name" in inat.fields["rights_holder"]
+    assert "all rights reserved -> rejected" in inat.licenses
+    by_name = {o.name: o for o in registry.adapter_options("inaturalist")}
+    assert by_name["directory"].required and by_name["size"].default == "medium"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"get": None}, r"adapters\.mine is undocumented: missing key\(s\) \['get'\]"),
+        (
+            {"fields": None, "licenses": None},
+            r"adapters\.mine is undocumented: missing key\(s\) \['fields', 'licenses'\]",
+        ),
+        ({"licence": "l"}, r"adapters\.mine has unknown key\(s\) \['licence'\]"),
+        ({"get": ""}, r"adapters\.mine\.get: expected a non-empty string, got ''"),
+        ({"licenses": ["cc0"]}, r"adapters\.mine\.licenses: expected a non-empty string"),
+        (
+            {"fields": {"url": "u", "image_url": "x"}},
+            r"adapters\.mine\.fields: \['image_url'\] not manifest \(candidate\)",
+        ),
+        ({"fields": ["url"]}, r"adapters\.mine\.fields: expected a mapping of manifest column"),
+        ({"fields": {"url": ""}}, r"adapters\.mine\.fields\.url: expected a non-empty string"),
+    ],
+)
+def test_an_undocumented_or_mistyped_registry_entry_names_file_and_adapter(tmp_path, change, message):
+    entry = {"module": "pipeline.sources.pool", **DOCUMENTED, **change}
+    custom = tmp_path / "sources.yaml"
+    custom.write_text(yaml.safe_dump({"adapters": {"mine": {k: v for k, v in entry.items() if v is not None}}}))
+    with pytest.raises(ConfigError, match=message) as info:
+        registry.load_registry(custom)
+    assert str(custom) in str(info.value)
+    with pytest.raises(ConfigError, match=message):  # a recipe naming it fails the same way
+        registry.load_adapter("mine", custom)
