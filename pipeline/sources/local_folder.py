@@ -156,6 +156,11 @@ def _sidecar_json(path: Path, partial: dict[str, Any], follow_symlinks: bool) ->
     return usable
 
 
+def local_roots(config: Config) -> list[str]:
+    """The folder the download may read this source's images from (``file://`` URLs anywhere else are refused)."""
+    return [config.directory]
+
+
 def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
     """Yield one candidate row per image file (rejected rows included, with their reason)."""
     root = Path(config.directory).resolve()

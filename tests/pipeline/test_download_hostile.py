@@ -127,3 +127,30 @@ def test_a_local_folder_source_reads_its_own_files_and_nothing_else(tmp_path):
     assert rows["a.jpg"]["status"] == "ok"
     assert rows["b.jpg"]["status"] == "blocked"  # rewritten to a file outside the folder
     assert rows["link.jpg"]["status"] == "blocked", rows["link.jpg"]  # resolves outside the folder
+
+
+def test_a_pre_downloaded_source_copies_its_images_out_of_its_shards(tmp_path):
+    """A webdataset source's rows are downloaded from byte ranges of its own shards (no network), resized like
+    fetched images; a range rewritten into another file is blocked."""
+    import io
+    import tarfile
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "000000.tar", "w") as tar:
+        for key, n in (("k1", 5), ("k2", 6)):
+            for extension, data in (("jpg", jpeg_bytes(n, size=80)), ("txt", f"a photo of plant {key}".encode())):
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "other.tar").write_bytes((shards / "000000.tar").read_bytes())
+    source = SourceSpec("wds", "webdataset_shards", {"path": str(shards), "default_license": "cc0-1.0"})
+    with tarfile.open(shards / "000000.tar") as tar:
+        k2 = f"#offset={tar.getmember('k2.jpg').offset_data}"
+    outside = {(shards / "000000.tar").as_uri() + k2: (tmp_path / "other.tar").as_uri() + k2}  # k2's image
+    download = DownloadConfig(image_size=64, shard_size=8, thread_count=2, retries=0, url_rewrite=outside)
+    recipe = Recipe(name="t", output_dir=str(tmp_path / "build"), sources=[source], download=download)
+    result = runner.run_build(recipe)
+    rows = pq.read_table(result["manifest"], columns=["source_record_id", "status", "error", "width"]).to_pylist()
+    assert [(r["source_record_id"], r["status"]) for r in rows] == [("k1", "ok"), ("k2", "blocked")], rows
+    assert rows[0]["width"] == 64

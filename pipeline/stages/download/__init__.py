@@ -26,12 +26,12 @@ from pipeline.core.config import DownloadConfig
 from pipeline.core.harness import Build, Stage, TransientError, read_marker, run_step, unit_fingerprints
 from pipeline.core.io import read_parquet
 from pipeline.sources.base import rewrite_url
+from pipeline.sources.registry import source_local_roots
 from pipeline.stages.download.plan import PASSED_COLUMNS, write_plan
 from pipeline.stages.download.quarantine import DeathLog, row_being_decoded
 from pipeline.stages.download.results import download_rows
 
 JOB_HANDLER = "pipeline.stages.download.child:run_job"  # .job, in a child without torch
-LOCAL_FOLDER_ADAPTER = "local_folder"
 MAX_WORKER_DEATHS = 12  # per shard attempt: beyond this the cause is not a few hostile rows
 # Download settings that change a shard's output (the others only change how fast or politely it is made).
 OUTPUT_SETTINGS = (
@@ -102,8 +102,12 @@ class DownloadStage(Stage):
 
 
 def local_roots(build: Build) -> list[str]:
-    """Folders of the recipe's local-folder sources: the only ``file://`` URLs the download reads."""
-    return [spec.options["directory"] for spec in build.recipe.sources if spec.adapter == LOCAL_FOLDER_ADAPTER]
+    """Folders of the recipe's local and pre-downloaded sources: the only places ``file://`` URLs are read from."""
+    return [
+        root
+        for spec in build.recipe.sources
+        for root in source_local_roots(spec.adapter, {"name": spec.name, **spec.options})
+    ]
 
 
 def run_isolated(

@@ -44,8 +44,9 @@ from PIL import Image
 from protego import Protego
 
 from pipeline.net.addresses import BlockedAddress
-from pipeline.net.client import TOO_LARGE_PREFIX, FetchRefused, GuardedClient, HTTPStatusError, retry_after_seconds
+from pipeline.net.client import TOO_LARGE_PREFIX, GuardedClient, HTTPStatusError, retry_after_seconds
 from pipeline.net.urls import BLOCKED_URL_PREFIX, UnsafeURL, checked_uri
+from pipeline.stages.download.local_bytes import LocalBytes
 from pipeline.stages.download.quarantine import RowBytes
 from pipeline.stages.download.results import ROBOTS_ERROR_PREFIX, ROBOTS_UNREACHABLE_PREFIX
 
@@ -91,8 +92,9 @@ class HostPolicy:
     robots_retry_seconds: float = 60.0
     max_retry_after_seconds: float = 120.0  # a longer Retry-After fails the host's rows instead of sleeping
     quarantined: dict[int, str] = field(default_factory=dict)  # row key -> reason (see .quarantine): not fetched
-    # Folders of the recipe's local-folder sources: the only places a file:// URL may be read from.
+    # Folders of the recipe's local and pre-downloaded sources: the only places a file:// URL may be read from.
     local_roots: tuple[Path, ...] = ()
+    _local_bytes: LocalBytes = field(default_factory=LocalBytes, repr=False)
     _robots: dict[str, tuple[Protego | None, float]] = field(default_factory=dict, repr=False)
     _next_slot: dict[str, float] = field(default_factory=dict, repr=False)
     _resume_at: dict[str, float] = field(default_factory=dict, repr=False)  # netloc -> monotonic time (Retry-After)
@@ -147,17 +149,13 @@ class HostPolicy:
         self.wait_turn(url)
 
     def read_local(self, url: str) -> bytes:
-        """A local-folder source's own file (``file://``), capped like a response; anything else is blocked."""
+        """A local or pre-downloaded source's own file (``file://``), capped like a response; anything else is
+        blocked. The fragment may name a tar member's byte range or a Parquet cell (:mod:`.local_bytes`)."""
         parts = urlsplit(url)
         path = Path(url2pathname(parts.path)).resolve()  # symlinks resolved: a link cannot lead outside a root
         if parts.netloc not in ("", "localhost") or not any(path.is_relative_to(root) for root in self.local_roots):
-            raise UnsafeURL(f"{BLOCKED_URL_PREFIX}: {url[:200]} is not a file of a local-folder source of this recipe")
-        limit = self.client.limits.max_bytes
-        with open(path, "rb") as f:
-            body = f.read(limit + 1)
-        if len(body) > limit:
-            raise FetchRefused(f"{TOO_LARGE_PREFIX}: {url[:200]} is larger than {limit} bytes")
-        return body
+            raise UnsafeURL(f"{BLOCKED_URL_PREFIX}: {url[:200]} is not a file of a local source of this recipe")
+        return self._local_bytes.read(path, parts.fragment, url, self.client.limits.max_bytes)
 
     def image_area_verdict(self, body: bytes) -> str | None:
         """Refuse an image whose header declares too many pixels, before img2dataset decodes it whole."""
