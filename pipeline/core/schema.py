@@ -63,6 +63,10 @@ CANDIDATE_FIELDS = [
     pa.field("caption_kind", pa.string()),  # dalip | bioclip_* | alt | title | sidecar | ...
     pa.field("caption_variants", pa.map_(pa.string(), pa.string())),  # every caption style we could make
     pa.field("original_text", pa.string()),  # alt text / title / pool caption as published
+    # The source's own per-row fields a recipe keeps (a pool's `metadata_columns`: LAION's similarity, NSFW, ...),
+    # as a JSON object with their JSON types, keys in the configured order; NULL when nothing is kept.
+    # Query with DuckDB: source_metadata->>'$.NSFW', json_extract(source_metadata, '$.similarity')::DOUBLE.
+    pa.field("source_metadata", pa.string()),
     pa.field("scientific_name", pa.string()),
     pa.field("common_name", pa.string()),
     pa.field("taxon_rank", pa.string()),
@@ -135,8 +139,9 @@ MANIFEST_SCHEMA = pa.schema(
 # it); ``keep`` is true where the bytes are in the shards and false for a URL-only row (license policy).
 _RELEASE_FROM_MANIFEST = (
     "sample_id", "domain", "source", "source_record_id", "url", "page_url", "caption", "caption_kind",
-    "caption_variants", "original_text", "scientific_name", "common_name", "taxon_rank", "taxonomy", "license",
-    "license_url", "rights_holder", "attribution", "image_sha256", "width", "height", "clip_model", "clip_score",
+    "caption_variants", "original_text", "source_metadata", "scientific_name", "common_name", "taxon_rank",
+    "taxonomy", "license", "license_url", "rights_holder", "attribution", "image_sha256", "width", "height",
+    "clip_model", "clip_score",
 )  # fmt: skip
 RELEASE_SCHEMA = pa.schema(
     [

@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from pipeline.core import duck
+from pipeline.core.config import DuckDBConfig
 from pipeline.core.duck import literal
 from pipeline.core.io import is_local, isfile, join
 from pipeline.core.schema import CANDIDATE_SCHEMA, TAXONOMY_RANKS
@@ -161,9 +163,17 @@ def read_batches(config: Config, ctx: CrawlContext, batch_rows: int = 65_536) ->
             ctx.caption_style,
         )
         duck_rules.create_license_table(con, "licenses", "SELECT license FROM photos")
-        reader = con.sql(_candidates_sql(config, ctx, paths["photos"])).to_arrow_reader(batch_rows)
-        for batch in reader:
-            yield pa.RecordBatch.from_arrays(batch.columns, schema=CANDIDATE_SCHEMA)
+        con.execute("SET preserve_insertion_order = false")  # the query sorts its output itself; frees memory
+        try:
+            reader = con.sql(_candidates_sql(config, ctx, paths["photos"])).to_arrow_reader(batch_rows)
+            for batch in reader:
+                yield pa.RecordBatch.from_arrays(batch.columns, schema=CANDIDATE_SCHEMA)
+        except duckdb.OutOfMemoryException as exc:
+            limit = (ctx.duckdb or DuckDBConfig()).memory_limit
+            raise SourceError(
+                f"{_folder(directory)}: joining the export needs more memory than the recipe's duckdb.memory_limit "
+                f"({limit}); raise it (a synthetic export of 1M photos needs 512MB): {str(exc).splitlines()[0]}"
+            ) from None
     finally:
         con.close()
 
@@ -326,7 +336,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
            CASE WHEN checked.error IS NULL THEN checked.url ELSE url_stripped END AS url,
            CASE WHEN checked.error IS NULL AND checked.url <> url_stripped THEN url_stripped END AS url_original,
            CASE WHEN photo_id <> '' THEN 'https://www.inaturalist.org/photos/' || photo_id END AS page_url,
-           caption, caption_kind, caption_variants, NULL::VARCHAR AS original_text,
+           caption, caption_kind, caption_variants, NULL::VARCHAR AS original_text, NULL::VARCHAR AS source_metadata,
            scientific_name, common_name, taxon_rank, taxonomy,
            CASE WHEN license_error IS NULL THEN license_code ELSE nullif(raw_license, '') END AS license,
            license_url, rights_holder,

@@ -7,27 +7,43 @@ files may be gzipped. Column names are configuration (``url_col``, ``caption_col
 ``license_col``, ``rights_holder_col``); the caption is kept as ``original_text`` and chosen with
 ``caption_kind = "original"`` (rows have no taxon, so every caption style falls back to it).
 
+Source metadata: ``metadata_columns`` names pool columns to carry through to the manifest (LAION's ``similarity``,
+``NSFW``, ``punsafe``, ``pwatermark``, ``WIDTH``; DataComp's ``clip_b32_similarity_score``, ``face_bboxes``, ...).
+Each row's ``source_metadata`` is then a JSON object of those columns, keys in the configured order, with the
+values' JSON types: Parquet values as their Arrow types give them (integers and floats stay numbers, booleans
+booleans, lists lists, structs and maps objects, dates and timestamps ISO text), CSV / TSV values as the strings
+the file holds, JSON Lines values as they are. NaN and infinities become ``null``, and so does a key a later JSON
+Lines object leaves out (the first object must have every configured key). A Parquet column of bytes (binary,
+also inside a list or struct) raises ``SourceError``: bytes have no JSON value, so ask for another column. Rejected
+rows keep their metadata too, except a row that could not be parsed (bad JSON, wrong CSV field count): NULL, as
+without ``metadata_columns``. Query it in DuckDB: ``source_metadata->>'$.NSFW'`` (text),
+``json_extract(source_metadata, '$.similarity')::DOUBLE``, ``json_extract(source_metadata, '$.face_bboxes[0]')``.
+
 Licenses: pools rarely publish per-image licenses. ``default_license`` (default ``"unspecified"``) fills rows
 without one; ``"unspecified"`` is an accepted code meaning "the pool states no per-image license" -- it is recorded,
 not invented. Set ``default_license: null`` to reject such rows instead.
 
-Errors: missing configured columns (for JSONL: in the first object) raise ``SourceError`` naming the file, the
-expected column and the columns found; an empty file raises ``SourceError``; undecodable bytes raise ``SourceError``
-naming the file and line (a bad byte means a wrong encoding or a corrupt file, not one bad row); a ``.json`` /
-``.jsonl`` file that starts with ``[`` is one JSON array, not JSON Lines, and raises ``SourceError`` (convert it
-with ``jq -c '.[]'``). A JSONL line that is not a JSON object, a later object without a configured column, a CSV
-row with the wrong field count, and a value of the wrong type (a list or number as caption: text is never made
-with ``str()``; ids may be integers) are rejected rows naming file, row and field. Without ``id_col`` the
-``sample_id`` is derived from the URL, so repeated URLs in one pool share a ``sample_id`` (by design: same image).
+Errors: missing configured columns, ``metadata_columns`` included (for JSONL: in the first object), raise
+``SourceError`` naming the file, the expected column and the columns found; an empty file raises ``SourceError``;
+undecodable bytes raise ``SourceError`` naming the file and line (a bad byte means a wrong encoding or a corrupt
+file, not one bad row); a ``.json`` / ``.jsonl`` file that starts with ``[`` is one JSON array, not JSON Lines, and
+raises ``SourceError`` (convert it with ``jq -c '.[]'``). A JSONL line that is not a JSON object, a later object
+without a configured column (other than a metadata one), a CSV row with the wrong field count, and a value of the
+wrong type (a list or number as caption: text is never made with ``str()``; ids may be integers) are rejected rows
+naming file, row and field. Without ``id_col`` the ``sample_id`` is derived from the URL, so repeated URLs in one
+pool share a ``sample_id`` (by design: same image).
 """
 
 from __future__ import annotations
 
+import datetime
 import glob
 import json
+import math
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +82,8 @@ class Config:
     default_license: str | None = "unspecified"  # license for rows without one; None = reject those rows
     domain: str = "general"  # "general" for web pools
     url_rewrite: dict[str, str] | None = None  # URL prefix -> replacement, for mirrors / offline samples
+    # pool columns kept per row in `source_metadata` (a JSON object, keys in this order), e.g. [similarity, NSFW]
+    metadata_columns: list[str] | None = None
 
     def __post_init__(self) -> None:
         where = f"source {self.name!r} (url_caption_pool)"
@@ -86,6 +104,14 @@ class Config:
                 raise ConfigError(f"{where}: columns must be a list of column names, e.g. [url, caption]")
             self.columns = list(self.columns)
         self.url_rewrite = check_url_rewrite(self.url_rewrite, where)
+        if self.metadata_columns is not None:
+            names = self.metadata_columns
+            if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) and c for c in names):
+                raise ConfigError(f"{where}: metadata_columns must be a list of column names, e.g. [similarity, NSFW]")
+            repeated = sorted({c for c in names if names.count(c) > 1})
+            if repeated:
+                raise ConfigError(f"{where}: metadata_columns names {repeated} more than once")
+            self.metadata_columns = list(names)
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> Config:
@@ -96,9 +122,14 @@ class Config:
         optional = (self.id_col, self.license_col, self.rights_holder_col)
         return [self.url_col, self.caption_col, *(c for c in optional if c)]
 
+    @property
+    def read_columns(self) -> list[str]:
+        """Every column read from a pool file: the used ones, then the metadata ones (each once)."""
+        return list(dict.fromkeys([*self.used_columns, *(self.metadata_columns or ())]))
+
 
 def _missing(config: Config, found: list[str], label: str) -> None:
-    missing = [c for c in config.used_columns if c not in found]
+    missing = [c for c in config.read_columns if c not in found]
     if missing:
         raise SourceError(f"{label}: missing configured column(s) {missing}; found columns {found}")
 
@@ -110,13 +141,30 @@ def _parquet(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], s
         raise SourceError(f"{path}: not a readable Parquet file ({exc})") from None
     with parquet:
         _missing(config, parquet.schema_arrow.names, path)
+        for name in config.metadata_columns or ():
+            kind = parquet.schema_arrow.field(name).type
+            if _holds_bytes(kind):
+                raise SourceError(
+                    f"{path}: metadata column {name!r} holds bytes ({kind}), which have no JSON value; "
+                    "leave it out of metadata_columns"
+                )
         if parquet.metadata.num_rows == 0:
             raise SourceError(f"{path}: empty file (0 rows)")
         number = 0
-        for batch in parquet.iter_batches(batch_size=8192, columns=config.used_columns):
-            for values in batch.to_pylist():
+        for batch in parquet.iter_batches(batch_size=8192, columns=config.read_columns):
+            for values in batch.to_pylist(maps_as_pydicts="lossy"):
                 number += 1
                 yield number, values, None
+
+
+def _holds_bytes(kind: pa.DataType) -> bool:
+    """Whether an Arrow type is binary or nests a binary (list of binary, struct or map with a binary field)."""
+    if pa.types.is_dictionary(kind):
+        return _holds_bytes(kind.value_type)
+    if isinstance(kind, pa.ExtensionType):
+        return _holds_bytes(kind.storage_type)
+    binary = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary, pa.types.is_binary_view)
+    return any(test(kind) for test in binary) or any(_holds_bytes(kind.field(i).type) for i in range(kind.num_fields))
 
 
 def _parquet_file(path: str) -> pq.ParquetFile:
@@ -128,7 +176,7 @@ def _parquet_file(path: str) -> pq.ParquetFile:
 
 def _delimited(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], str | None]]:
     delimiter = "\t" if config.format == "tsv" else ","
-    records = read_table(path, required=config.used_columns, delimiter=delimiter, quotechar='"', names=config.columns)
+    records = read_table(path, required=config.read_columns, delimiter=delimiter, quotechar='"', names=config.columns)
     for record in records:
         yield record.row, record.values, (f"line {record.line}: {record.problem}" if record.problem else None)
 
@@ -158,7 +206,7 @@ def _jsonl(config: Config, path: str) -> Iterator[tuple[int, dict[str, Any], str
                 _missing(config, sorted(values), path)
             yield number, values, None
     if number == 0:
-        raise SourceError(f"{path}: empty file; expected JSON Lines with keys {config.used_columns}")
+        raise SourceError(f"{path}: empty file; expected JSON Lines with keys {config.read_columns}")
 
 
 def _text(value: Any, types: tuple[type, ...]) -> tuple[str | None, str | None]:
@@ -167,6 +215,33 @@ def _text(value: Any, types: tuple[type, ...]) -> tuple[str | None, str | None]:
         return (None if value is None else str(value)), None
     expected = " or ".join(t.__name__ for t in types)
     return None, f"expected {expected}, found {type(value).__name__} {repr(value)[:80]}"
+
+
+def _metadata(columns: list[str] | None, values: dict[str, Any]) -> str | None:
+    """The ``source_metadata`` JSON of one row: ``columns`` in order with their JSON values; None for no columns."""
+    if not columns:
+        return None
+    kept = {column: _json_value(values.get(column)) for column in columns}
+    return json.dumps(kept, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _json_value(value: Any) -> Any:
+    """A Python value of a Parquet / JSON / CSV cell as JSON: NaN and infinities as null, dates as ISO text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, Decimal):
+        return _json_value(float(value))
+    if isinstance(value, (datetime.date, datetime.time)):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    return str(value)  # no other Arrow type gets here but intervals (bytes are refused with the file's schema)
 
 
 def pool_files(config: Config) -> list[str]:
@@ -237,6 +312,7 @@ def _read_file(config: Config, ctx: CrawlContext, path: str, rows: Iterator) -> 
             "domain": config.domain,
             "url": rewrite_url(url, config.url_rewrite or {}) if url else None,
             "original_text": text[config.caption_col],
+            "source_metadata": None if problem else _metadata(config.metadata_columns, values),
             "license": (text[config.license_col] if config.license_col else None) or config.default_license,
             "rights_holder": text[config.rights_holder_col] if config.rights_holder_col else None,
             "input_file": path,

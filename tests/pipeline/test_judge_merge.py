@@ -5,9 +5,11 @@ embed, dedup files), so no stage runs."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -20,6 +22,7 @@ from pipeline.stages.download.results import DOWNLOAD_ROWS_SCHEMA
 from pipeline.stages.judge import SCORED_BY_DOMAIN
 from pipeline.stages.judge.merge import GroupedMerge, ManifestError, MergeInputs, StageColumns, write_manifest
 from pipeline.stages.judge.rules import rules_for, top_fraction_reference, top_fraction_thresholds
+from pipeline.stages.publish.shard_writer import sample_json
 
 SHARD_SIZE = 3
 FRACTIONS = {"general": 0.5, "plant": 0.7}
@@ -39,7 +42,8 @@ def crawl_rows(source: str, n: int, rejected: set[int]) -> pa.Table:
         dict(sample_id=sid(source, i), source=source, source_record_id=str(i), domain=("plant", "general")[i % 2],
              url=f"https://example.org/{source}/{i}.jpg", caption=f"a picture number {i}", license="cc0-1.0",
              status="rejected" if i in rejected else "pending", error="bad url" if i in rejected else None,
-             attribution="test", input_file=f"{source}.csv", input_row=i + 1)
+             attribution="test", input_file=f"{source}.csv", input_row=i + 1,
+             source_metadata=json.dumps({"similarity": i / 10, "NSFW": "UNLIKELY"}) if source == "b" else None)
         for i in range(n)
     ]  # fmt: skip
     return pa.Table.from_pylist(rows, schema=schema.CANDIDATE_SCHEMA)
@@ -147,6 +151,27 @@ def test_the_manifest_has_the_schema_and_the_footer_metadata(build):
     path = manifest_file(tmp, inputs, group_shards=1)
     assert pq.read_schema(path).remove_metadata().equals(schema.MANIFEST_SCHEMA)
     assert pq.read_metadata(path).metadata == {b"plantmix_build": b"t", b"k": b"v"}
+
+
+def test_the_source_metadata_reaches_the_manifest_and_duckdb_json_functions_read_it(build):
+    """Source "b" is a pool crawled with metadata_columns (rejected rows keep theirs); "a" kept none: NULL."""
+    tmp, inputs = build
+    path = manifest_file(tmp, inputs, group_shards=2)
+    found = duckdb.sql(
+        f"""SELECT source, source_record_id, status, json_extract(source_metadata, '$.similarity')::DOUBLE,
+                   source_metadata->>'$.NSFW'
+            FROM read_parquet('{path}') ORDER BY source, input_row"""
+    ).fetchall()
+    pool = [row for row in found if row[0] == "b"]
+    assert [row[1] for row in pool] == [str(i) for i in range(10)]
+    assert [(similarity, nsfw) for *_, similarity, nsfw in pool] == [(i / 10, "UNLIKELY") for i in range(10)]
+    assert {row[2] for row in pool} >= {"rejected", "ok", "failed_download"}
+    assert all(similarity is None and nsfw is None for src, *_, similarity, nsfw in found if src == "a")
+    # A released sample's .json nests it as an object, not as JSON text inside JSON.
+    rows = pq.read_table(path).to_pylist()
+    pool_row = next(r for r in rows if r["source"] == "b" and r["source_record_id"] == "2")
+    assert json.loads(sample_json(pool_row))["source_metadata"] == {"similarity": 0.2, "NSFW": "UNLIKELY"}
+    assert json.loads(sample_json(rows[0]))["source_metadata"] is None
 
 
 def test_duplicate_pointers_resolve_across_groups(build):

@@ -192,3 +192,142 @@ def test_a_headerless_tsv_is_read_with_the_columns_option(tmp_path, ctx):
         crawl(tmp_path / "x.parquet", ctx, columns=["url", "caption"])
     with pytest.raises(ConfigError, match="columns must be a list"):
         crawl(path, ctx, columns="url,caption")
+
+
+def metadata(row):
+    return None if row["source_metadata"] is None else json.loads(row["source_metadata"])
+
+
+def test_laion_parquet_metadata_keeps_values_and_types_in_configured_order(tmp_path, ctx):
+    """LAION-400M / 5B parquet layout: SAMPLE_ID int64, URL, TEXT, similarity, NSFW, punsafe, LICENSE."""
+    path = tmp_path / "laion.parquet"
+    table = pa.table(
+        {
+            "SAMPLE_ID": pa.array([1001, 1002, 1003], pa.int64()),
+            "URL": ["https://laion.example/1.jpg", "https://laion.example/2.jpg", "ftp://laion.example/3.jpg"],
+            "TEXT": ["a red bicycle", "a teapot", "a kite"],
+            "similarity": pa.array([0.3312, float("nan"), 0.29], pa.float64()),
+            "NSFW": ["UNLIKELY", "UNSURE", None],
+            "punsafe": pa.array([0.01, 0.5, float("inf")], pa.float32()),
+            "LICENSE": ["?", "?", "?"],
+            "WIDTH": pa.array([640, 500, 320], pa.int32()),
+        }
+    )
+    pq.write_table(table, path)
+    columns = ["similarity", "NSFW", "punsafe", "SAMPLE_ID", "WIDTH"]
+    rows = crawl(path, ctx, name="laion", url_col="URL", caption_col="TEXT", id_col="SAMPLE_ID",
+                 metadata_columns=columns)  # fmt: skip
+    pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)
+    assert list(json.loads(rows[0]["source_metadata"])) == columns  # the configured order, not the file's
+    first, second, third = (metadata(r) for r in rows)
+    assert first == {"similarity": 0.3312, "NSFW": "UNLIKELY", "punsafe": pytest.approx(0.01), "SAMPLE_ID": 1001,
+                     "WIDTH": 640}  # fmt: skip
+    assert isinstance(first["SAMPLE_ID"], int) and isinstance(first["similarity"], float)
+    assert second["similarity"] is None and second["NSFW"] == "UNSURE"  # NaN -> null
+    assert third["punsafe"] is None and third["NSFW"] is None  # inf -> null, null stays null
+    assert rows[2]["status"] == "rejected" and third["SAMPLE_ID"] == 1003  # a rejected row keeps its metadata
+    assert "NaN" not in rows[1]["source_metadata"] and "Infinity" not in rows[2]["source_metadata"]
+
+
+def test_datacomp_parquet_metadata_keeps_lists_of_lists(tmp_path, ctx):
+    path = tmp_path / "datacomp.parquet"
+    table = pa.table(
+        {
+            "uid": ["00a1", "00a2"],
+            "url": ["https://dc.example/1.jpg", "https://dc.example/2.jpg"],
+            "text": ["a dog on a beach", "a chart"],
+            "clip_b32_similarity_score": pa.array([0.31, 0.22], pa.float32()),
+            "face_bboxes": pa.array(
+                [[[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.75, 0.875]], []], pa.list_(pa.list_(pa.float64()))
+            ),
+            "sha256": ["ab" * 32, "cd" * 32],
+        }
+    )
+    pq.write_table(table, path)
+    rows = crawl(path, ctx, name="datacomp", caption_col="text", id_col="uid",
+                 metadata_columns=["uid", "clip_b32_similarity_score", "face_bboxes"])  # fmt: skip
+    first, second = (metadata(r) for r in rows)
+    assert first["face_bboxes"] == [[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.75, 0.875]] and second["face_bboxes"] == []
+    assert first["uid"] == "00a1" and first["clip_b32_similarity_score"] == pytest.approx(0.31)
+    assert "sha256" not in first  # only what the recipe asked for
+
+
+def test_no_metadata_columns_means_null_source_metadata(tmp_path, ctx):
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS), path)
+    assert [r["source_metadata"] for r in crawl(path, ctx)] == [None, None, None]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "jsonl"])
+def test_a_missing_metadata_column_names_file_column_and_found(tmp_path, ctx, kind):
+    path = tmp_path / f"pool.{kind}"
+    if kind == "parquet":
+        pq.write_table(pa.table({"url": ["https://x.org/1.jpg"], "caption": ["t"], "NSFW": ["UNLIKELY"]}), path)
+    elif kind == "csv":
+        path.write_text("url,caption,NSFW\nhttps://x.org/1.jpg,t,UNLIKELY\n")
+    else:
+        path.write_text('{"url": "https://x.org/1.jpg", "caption": "t", "NSFW": "UNLIKELY"}\n')
+    with pytest.raises(SourceError, match=rf"pool.{kind}: missing \w+ column\(s\) \['similarity'\]; found .*'NSFW'"):
+        crawl(path, ctx, metadata_columns=["NSFW", "similarity"])
+
+
+def test_csv_metadata_are_the_strings_of_the_file(tmp_path, ctx):
+    path = tmp_path / "pool.csv"
+    path.write_text(
+        "url,caption,similarity,NSFW,WIDTH\n"
+        "https://x.org/1.jpg,a cat,0.33,UNLIKELY,640\n"
+        "https://x.org/2.jpg,a dog,,NSFW,\n"
+        "https://x.org/3.jpg,too,many,fields,here,!\n"
+    )
+    rows = crawl(path, ctx, metadata_columns=["similarity", "NSFW", "WIDTH"])
+    assert metadata(rows[0]) == {"similarity": "0.33", "NSFW": "UNLIKELY", "WIDTH": "640"}
+    assert metadata(rows[1]) == {"similarity": "", "NSFW": "NSFW", "WIDTH": ""}  # as published: empty, not null
+    assert rows[2]["status"] == "rejected" and rows[2]["source_metadata"] is None  # an unparsed row: nothing kept
+
+
+def test_jsonl_metadata_keep_json_values_and_a_later_missing_key_is_null(tmp_path, ctx):
+    path = tmp_path / "pool.jsonl"
+    objects = [
+        {"url": "https://x.org/1.jpg", "caption": "a", "score": 0.5, "flags": {"nsfw": False}, "tags": ["x", 1]},
+        {"url": "https://x.org/2.jpg", "caption": "b", "score": float("nan"), "flags": None, "tags": []},
+        {"url": "https://x.org/3.jpg", "caption": "c", "tags": ["y"]},
+    ]
+    path.write_text("".join(json.dumps(o) + "\n" for o in objects))  # json.dumps writes NaN as NaN
+    rows = crawl(path, ctx, metadata_columns=["score", "flags", "tags"])
+    assert [metadata(r) for r in rows] == [
+        {"score": 0.5, "flags": {"nsfw": False}, "tags": ["x", 1]},
+        {"score": None, "flags": None, "tags": []},
+        {"score": None, "flags": None, "tags": ["y"]},
+    ]
+    assert [r["status"] for r in rows] == ["pending"] * 3  # metadata never rejects a row
+
+
+def test_a_parquet_bytes_metadata_column_is_refused_and_bad_config_named(tmp_path, ctx):
+    path = tmp_path / "pool.parquet"
+    table = pa.table({"url": ["https://x.org/1.jpg"], "caption": ["t"], "jpg": pa.array([b"\xff\xd8"], pa.binary()),
+                      "nested": pa.array([[b"a"]], pa.list_(pa.binary()))})  # fmt: skip
+    pq.write_table(table, path)
+    with pytest.raises(SourceError, match=r"pool.parquet: metadata column 'jpg' holds bytes \(binary\)"):
+        crawl(path, ctx, metadata_columns=["jpg"])
+    with pytest.raises(SourceError, match=r"metadata column 'nested' holds bytes"):
+        crawl(path, ctx, metadata_columns=["nested"])
+    with pytest.raises(ConfigError, match="metadata_columns must be a list"):
+        crawl(path, ctx, metadata_columns="similarity")
+    with pytest.raises(ConfigError, match=r"metadata_columns names \['a'\] more than once"):
+        crawl(path, ctx, metadata_columns=["a", "b", "a"])
+
+
+def test_source_metadata_can_be_queried_with_duckdb_json_functions(tmp_path, ctx):
+    import duckdb
+
+    path = tmp_path / "laion.parquet"
+    table = pa.table({"URL": ["https://l.example/1.jpg", "https://l.example/2.jpg"], "TEXT": ["a", "b"],
+                      "similarity": [0.35, 0.25], "NSFW": ["UNLIKELY", "NSFW"]})  # fmt: skip
+    pq.write_table(table, path)
+    rows = crawl(path, ctx, url_col="URL", caption_col="TEXT", metadata_columns=["similarity", "NSFW"])
+    candidates = pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)  # noqa: F841  (read by DuckDB below)
+    found = duckdb.sql(
+        "SELECT url FROM candidates WHERE source_metadata->>'$.NSFW' = 'UNLIKELY' "
+        "AND json_extract(source_metadata, '$.similarity')::DOUBLE > 0.3"
+    ).fetchall()
+    assert found == [("https://l.example/1.jpg",)]

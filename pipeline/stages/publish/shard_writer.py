@@ -90,7 +90,7 @@ def sample_json(record: dict[str, Any], maps: list[str] | None = None) -> bytes:
     """Every metadata field of a sample (license, rights holder, attribution, taxonomy, source ids, scores).
 
     ``maps``: the record's map columns (Arrow gives a map as a list of (key, value) pairs); None: look at every
-    value.
+    value. ``source_metadata`` (a JSON object as text in the manifest) is nested as the object itself.
     """
     if maps is None:
         meta = {k: _plain(v) for k, v in record.items() if k not in JSON_EXCLUDED}
@@ -98,6 +98,8 @@ def sample_json(record: dict[str, Any], maps: list[str] | None = None) -> bytes:
         meta = {k: v for k, v in record.items() if k not in JSON_EXCLUDED}
         for name in maps:
             meta[name] = _plain(meta[name])
+    if meta.get("source_metadata") is not None:
+        meta["source_metadata"] = json.loads(meta["source_metadata"])
     return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
