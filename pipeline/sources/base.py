@@ -11,10 +11,13 @@ names the file, the row and the field. Problems with a whole file raise :class:`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+import pyarrow as pa
 
 from pipeline.core.config import DuckDBConfig
 from pipeline.core.schema import CANDIDATE_SCHEMA, STATUS_PENDING, STATUS_REJECTED, TAXONOMY_RANKS, sample_id_for
@@ -100,6 +103,13 @@ def reject(partial: dict[str, Any], field: str, message: str) -> dict[str, Any]:
         partial["status"] = STATUS_REJECTED
         partial["error"] = f"{location(partial, field)}: {message}"
     return partial
+
+
+def batches_of(rows: Iterable[dict], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Candidate-row dicts as Arrow batches of ``CANDIDATE_SCHEMA``, ``batch_rows`` at a time."""
+    rows = iter(rows)
+    while batch := list(itertools.islice(rows, batch_rows)):
+        yield pa.RecordBatch.from_pylist(batch, schema=CANDIDATE_SCHEMA)
 
 
 def full_taxonomy(known: Mapping[str, str | None] | None) -> dict[str, str | None] | None:

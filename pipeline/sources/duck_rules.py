@@ -20,6 +20,7 @@ from pipeline.sources import captions, licenses
 from pipeline.sources.base import check_url
 
 _ASCII_PRINTABLE = "'[ -~]*'"
+_TAXONOMY_SQL = "STRUCT(" + ", ".join(f'"{rank}" VARCHAR' for rank in TAXONOMY_RANKS) + ")"
 _REPR_PLAIN = r"'[ -&(-\[\]-~]*'"  # printable ASCII without ' and \: repr() just adds single quotes
 _VARCHAR = duckdb.sqltype("VARCHAR")
 _URL_CHECK = duckdb.struct_type({"url": _VARCHAR, "error": _VARCHAR})
@@ -38,6 +39,11 @@ def register_udfs(con: duckdb.DuckDBPyConnection, schemes: Sequence[str]) -> Non
     con.create_function("py_repr", repr, [_VARCHAR], _VARCHAR, null_handling="special")
     con.create_function("py_strip", _strip, [_VARCHAR], _VARCHAR)
     con.create_function("py_lower", _lower, [_VARCHAR], _VARCHAR)
+    con.create_function("py_clean", _clean, [_VARCHAR], _VARCHAR)
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _strip(text: str) -> str:
@@ -59,6 +65,14 @@ def repr_sql(expr: str) -> str:
 def strip_sql(expr: str) -> str:
     """Python's ``value.strip()`` (DuckDB's trim strips spaces only; other whitespace goes to Python)."""
     return f"CASE WHEN regexp_full_match({expr}, {_ASCII_PRINTABLE}) THEN trim({expr}) ELSE py_strip({expr}) END"
+
+
+def clean_sql(expr: str) -> str:
+    """``" ".join(value.split())`` (whitespace runs collapsed, ends stripped) of a non-NULL ``expr``."""
+    return (
+        f"CASE WHEN regexp_full_match({expr}, {_ASCII_PRINTABLE}) THEN regexp_replace(trim({expr}), ' +', ' ', 'g') "
+        f"ELSE py_clean({expr}) END"
+    )
 
 
 def lower_sql(expr: str) -> str:
@@ -167,6 +181,58 @@ def caption_for(
     except captions.NoCaption as exc:
         return list(variants.items()) or None, None, None, str(exc)
     return list(variants.items()) or None, caption, kind, None
+
+
+def create_fallback_caption_table(
+    con: duckdb.DuckDBPyConnection, table: str, inputs_sql: str, caption_style: str
+) -> None:
+    """Captions for rows that may also have an original text: per distinct ``scientific_name, common_name,
+    taxonomy`` of ``inputs_sql``, the taxon's variants (``taxon_variants``) and the style's choices among them
+    before and after the ``original`` kind in its fallback order (``before_*``, ``after_*``): see
+    :func:`caption_choice_sql`."""
+    order = captions.FALLBACKS[caption_style]
+    cut = order.index("original") if "original" in order else len(order)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {table} (scientific_name VARCHAR, common_name VARCHAR, "
+        f"taxonomy {_TAXONOMY_SQL}, taxon_variants MAP(VARCHAR, VARCHAR), before_caption VARCHAR, "
+        "before_kind VARCHAR, after_caption VARCHAR, after_kind VARCHAR)"
+    )
+    inputs = con.sql(inputs_sql).to_arrow_table()
+    out_schema = pa.schema(
+        [("scientific_name", pa.string()), ("common_name", pa.string()),
+         ("taxonomy", inputs.schema.field("taxonomy").type),
+         ("taxon_variants", pa.map_(pa.string(), pa.string())), *((n, pa.string()) for n in
+         ("before_caption", "before_kind", "after_caption", "after_kind"))]
+    )  # fmt: skip
+    for batch in inputs.to_batches(65_536):
+        columns: dict[str, list] = {name: [] for name in out_schema.names}
+        for row in batch.to_pylist():
+            variants = captions.build_caption_variants(
+                row["scientific_name"], row["common_name"], row["taxonomy"], None
+            )
+            before = next(((variants[k], k) for k in order[:cut] if variants.get(k)), (None, None))
+            after = next(((variants[k], k) for k in order[cut + 1 :] if variants.get(k)), (None, None))
+            values = (row["scientific_name"], row["common_name"], row["taxonomy"], list(variants.items()) or None,
+                      *before, *after)  # fmt: skip
+            for name, value in zip(columns, values, strict=True):
+                columns[name].append(value)
+        con.register("_caption_chunk", pa.table(columns, schema=out_schema))
+        con.execute(f"INSERT INTO {table} SELECT * FROM _caption_chunk")
+        con.unregister("_caption_chunk")
+
+
+def caption_choice_sql(alias: str, original_expr: str) -> dict[str, str]:
+    """``caption``, ``caption_kind`` and ``caption_variants`` of a row from its fallback-caption row ``alias``
+    (NULL when it has no taxon) and its cleaned original text ``original_expr`` ('' when none)."""
+    has_original = f"({original_expr} <> '')"
+    return {
+        "caption": f"CASE WHEN {alias}.before_caption IS NOT NULL THEN {alias}.before_caption WHEN {has_original} "
+        f"THEN {original_expr} ELSE {alias}.after_caption END",
+        "caption_kind": f"CASE WHEN {alias}.before_caption IS NOT NULL THEN {alias}.before_kind WHEN {has_original} "
+        f"THEN 'original' ELSE {alias}.after_kind END",
+        "caption_variants": f"CASE WHEN {has_original} THEN map_concat(coalesce({alias}.taxon_variants, "
+        f"MAP {{}}::MAP(VARCHAR, VARCHAR)), MAP {{'original': {original_expr}}}) ELSE {alias}.taxon_variants END",
+    }
 
 
 def no_caption_error(caption_style: str) -> str:

@@ -40,7 +40,7 @@ def load_table(
     columns: Sequence[str],
     delimiter: str = "\t",
 ) -> None:
-    """Create temp table ``table(data_row, line, problem, <columns>)`` from a headed text file, one row per record.
+    """Temp table ``table(data_row, line, problem, <columns>)`` from a headed text file, one row per record.
 
     ``columns`` not in the header are NULL (they must then not be ``required``).
     """
@@ -50,6 +50,45 @@ def load_table(
         f"f[{position[c]}] AS {ident(c)}" if c in position else f"NULL::VARCHAR AS {ident(c)}" for c in columns
     )
     n = len(header)
+    rejects = (
+        f", store_rejects = true, ignore_errors = true, rejects_table = {literal(table + '_rejects')}, "
+        f"rejects_scan = {literal(table + '_rejects_scan')}"
+    )
+    # Two streaming row numbers over one ordered, single-threaded scan: the physical line, then the record
+    # (blank lines skipped; the first record is the header).
+    records = f"""
+        WITH physical AS (
+            SELECT text, row_number() OVER () AS line
+            FROM read_csv({literal(path)}, columns = {{'text': 'VARCHAR'}}, delim = {literal(_WHOLE_LINE)},
+                          quote = '', escape = '', comment = '', header = false, auto_detect = false,
+                          strict_mode = false, parallel = false{rejects})
+        ), records AS (
+            SELECT line, row_number() OVER () - 1 AS data_row, string_split(text, {literal(delimiter)}) AS f
+            FROM physical WHERE text IS NOT NULL
+        )
+        SELECT data_row, line,
+               CASE WHEN len(f) <> {n} THEN 'expected {n} fields, found ' || len(f) END AS problem, {values}
+        FROM records WHERE data_row >= 1
+    """
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {ident(table)} AS {records}")
+    except duckdb.Error as exc:
+        _raise_file_error(path, delimiter, str(exc))
+    found = con.sql(
+        f"SELECT line, error_type, error_message FROM {ident(table + '_rejects')} ORDER BY line LIMIT 1"
+    ).fetchall()
+    if found:
+        line, kind, message = found[0]
+        _raise_file_error(path, delimiter, f"line {line}: {kind} ({message})")
+
+
+def load_records(
+    con: duckdb.DuckDBPyConnection, table: str, path: str, *, delimiter: str, skip_lines: int
+) -> str | None:
+    """Temp table ``table(data_row, line, f)`` of an unquoted, headerless-by-name text file (a Darwin Core
+    Archive's): ``f`` the fields of each record after the first ``skip_lines`` lines, blank lines skipped, as
+    ``textfiles.iter_rows`` numbers them. Returns DuckDB's complaint when it cannot read the file cleanly (bytes
+    that are not UTF-8): the caller then reads it in Python, which names the line."""
     try:
         con.execute(
             f"""
@@ -61,24 +100,15 @@ def load_table(
                               strict_mode = false, parallel = false, store_rejects = true, ignore_errors = true,
                               rejects_table = {literal(table + "_rejects")},
                               rejects_scan = {literal(table + "_rejects_scan")})
-            ), records AS (
-                SELECT line, row_number() OVER (ORDER BY line) - 1 AS data_row,
-                       string_split(text, {literal(delimiter)}) AS f
-                FROM physical WHERE text IS NOT NULL
             )
-            SELECT data_row, line,
-                   CASE WHEN len(f) <> {n} THEN 'expected {n} fields, found ' || len(f) END AS problem, {values}
-            FROM records WHERE data_row >= 1
+            SELECT row_number() OVER () AS data_row, line, string_split(text, {literal(delimiter)}) AS f
+            FROM physical WHERE line > {int(skip_lines)} AND text IS NOT NULL
             """
         )
     except duckdb.Error as exc:
-        _raise_file_error(path, delimiter, str(exc))
-    rejects = con.sql(
-        f"SELECT line, error_type, error_message FROM {ident(table + '_rejects')} ORDER BY line LIMIT 1"
-    ).fetchall()
-    if rejects:
-        line, kind, message = rejects[0]
-        _raise_file_error(path, delimiter, f"line {line}: {kind} ({message})")
+        return str(exc).splitlines()[0]
+    found = con.sql(f"SELECT line, error_type FROM {ident(table + '_rejects')} ORDER BY line LIMIT 1").fetchall()
+    return f"line {found[0][0]}: {found[0][1]}" if found else None
 
 
 def _raise_file_error(path: str, delimiter: str, duckdb_message: str) -> None:

@@ -51,12 +51,13 @@ import pyarrow as pa
 
 from pipeline.core import duck
 from pipeline.core.schema import TAXONOMY_RANKS
-from pipeline.sources import duck_text
+from pipeline.sources import duck_text, dwca_sql
 from pipeline.sources.base import (
     ConfigError,
     CrawlContext,
     SourceError,
     apply_taxon_filter,
+    batches_of,
     build_row,
     check_taxon_filter,
     check_url_rewrite,
@@ -251,6 +252,21 @@ def _taxon(occurrence: dict[str, str | None]) -> dict[str, Any]:
         "taxon_rank": rank,
         "taxonomy": ranks,
     }
+
+
+def read_batches(config: Config, ctx: CrawlContext, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """The candidate rows as Arrow batches: one DuckDB query (:mod:`.dwca_sql`) for unquoted UTF-8 media
+    extensions (GBIF downloads), else :func:`read`'s rows, batched."""
+    archive = Archive(config.path)
+    core, extensions = archive.describe(OCCURRENCE)
+    media = _media_file(archive, core, extensions, config.media)
+    if media is not None and dwca_sql.eligible(core, media):
+        terms = (OCCURRENCE_TERMS, MEDIA_TERMS)
+        batches = dwca_sql.read_batches(config, ctx, archive, core, media, terms, batch_rows)
+        if batches is not None:
+            yield from batches
+            return
+    yield from batches_of(read(config, ctx), batch_rows)
 
 
 def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import pyarrow as pa
 import yaml
 
 from pipeline.core.schema import CANDIDATE_SCHEMA
-from pipeline.sources.base import ConfigError, CrawlContext
+from pipeline.sources.base import ConfigError, CrawlContext, batches_of
 
 DEFAULT_REGISTRY = Path(__file__).resolve().parent / "sources.yaml"  # package data, installed with the package
 
@@ -179,5 +178,4 @@ def read_source_batches(
         return
     else:
         rows = iter(module.read(config, ctx))
-    while batch := list(itertools.islice(rows, batch_rows)):
-        yield pa.RecordBatch.from_pylist(batch, schema=CANDIDATE_SCHEMA)
+    yield from batches_of(rows, batch_rows)
