@@ -19,7 +19,8 @@ CORE = [GBIF + "gbifID", DC + "references", DWC + "kingdom", DWC + "phylum", DWC
 MULTIMEDIA = [GBIF + "gbifID", DC + "type", DC + "format", DC + "identifier", DC + "references", DC + "title",
               DC + "description", DC + "creator", DC + "license", DC + "rightsHolder"]  # fmt: skip
 AUDUBON = [DWC + "occurrenceID", DC + "identifier", AC + "accessURI", DCE + "type", DCE + "format",
-           AC + "variantLiteral", XMP + "UsageTerms", XMP + "Owner", DC + "title", AC + "furtherInformationURL"]  # fmt: skip
+           AC + "variantLiteral", XMP + "UsageTerms", XMP + "Owner", DC + "title",
+           AC + "furtherInformationURL"]  # fmt: skip
 
 TEXT = ["", "Iris", "Ïris  tectorum", " spaced ", "a'b", 'q"', "back\\s", "\u3000x\u00a0", "x" * 3]
 KINGDOMS = ["Plantae", "Animalia", "", "plantae"]
@@ -52,10 +53,12 @@ def _media_rows(rng: random.Random, n: int, cores: int, audubon: bool) -> list[l
         url = rng.choice(URLS).format(i)
         if audubon:
             row = [core_id, f"m{i}", url, rng.choice(TYPES), rng.choice(FORMATS), rng.choice(VARIANTS),
-                   rng.choice(LICENSES), rng.choice(TEXT), rng.choice(TEXT), rng.choice(["", f"https://p/{i}"])]  # fmt: skip
+                   rng.choice(LICENSES), rng.choice(TEXT), rng.choice(TEXT),
+                   rng.choice(["", f"https://p/{i}"])]  # fmt: skip
         else:
             row = [core_id, rng.choice(TYPES), rng.choice(FORMATS), url, rng.choice(["", f"https://p/{i}"]),
-                   rng.choice(TEXT), rng.choice(TEXT), rng.choice(TEXT), rng.choice(LICENSES), rng.choice(TEXT)]  # fmt: skip
+                   rng.choice(TEXT), rng.choice(TEXT), rng.choice(TEXT), rng.choice(LICENSES),
+                   rng.choice(TEXT)]  # fmt: skip
         if rng.random() < 0.05:
             row = row[: rng.randrange(1, len(row))]  # a short row
         rows.append(row)
