@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalip.bdc import MBDC, MbdcConfig
+from pipeline.models.activation import check_activation
 
 
 def _project(x: torch.Tensor, projection: nn.Module | torch.Tensor | None) -> torch.Tensor:
@@ -55,6 +56,7 @@ class DalipModel(nn.Module):
 
         Returns ``(model, preprocess_train, preprocess_val)`` as ``open_clip.create_model_and_transforms`` does.
         """
+        check_activation(model_name, pretrained, bool(open_clip_kwargs.get("force_quick_gelu")))
         clip, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
             model_name, pretrained=pretrained, precision=precision, device=device, **open_clip_kwargs
         )

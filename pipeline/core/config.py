@@ -117,7 +117,7 @@ class DownloadConfig:
 
 @dataclass
 class EmbedConfig:
-    model: str = "ViT-B-16"  # open_clip model name
+    model: str = "ViT-B-16-quickgelu"  # open_clip model name (OpenAI's weights were trained with QuickGELU)
     pretrained: str | None = "openai"  # open_clip pretrained tag, or a local checkpoint path (open_clip or DALIP)
     random_init: bool = False  # no weights at all: seeded random init (tests and the offline demo only)
     model_config: str | None = None  # extra open_clip model config JSON to register (custom / tiny models)

@@ -15,6 +15,7 @@ import open_clip
 import torch
 
 from pipeline.core.config import EmbedConfig
+from pipeline.models.activation import check_activation
 from pipeline.models.safe_load import load_checkpoint_safely
 
 _cache: dict[tuple, tuple[Any, Any, Any]] = {}
@@ -40,6 +41,7 @@ def _load(config: EmbedConfig) -> tuple[torch.nn.Module, Any, Any]:
     if config.random_init:
         torch.manual_seed(config.seed)
     tag = None if (config.random_init or local) else config.pretrained
+    check_activation(config.model, tag)
     model, _, preprocess = open_clip.create_model_and_transforms(config.model, pretrained=tag, device=device)
     if local:
         model.load_state_dict(_open_clip_state(Path(config.pretrained)))

@@ -127,3 +127,26 @@ def test_local_checkpoint_path_as_pretrained(tiny, tiny_model_name: str, tmp_pat
     image, _ = _batch(tokenizer)
     model.eval()
     torch.testing.assert_close(other.eval().encode_image(image), model.encode_image(image))
+
+
+def test_a_pretrained_tag_with_another_activation_is_refused_before_anything_is_fetched(monkeypatch):
+    """ViT-B-16 + openai: open_clip would only warn and build GELU around QuickGELU weights; we refuse and name
+    the config to use. Nothing is downloaded (the check runs first; a download attempt fails the test)."""
+    import open_clip
+
+    from dalip.model import DalipModel, check_activation
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("nothing may be fetched")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", no_download)
+    with pytest.raises(
+        ValueError, match="trained with QuickGELU, the model config uses GELU; use model ViT-B-16-quickgelu"
+    ):
+        DalipModel.create("ViT-B-16", "openai")
+    with pytest.raises(ValueError, match="trained with GELU, the model config uses QuickGELU; do not force QuickGELU"):
+        check_activation("ViT-B-16", "laion2b_s34b_b88k", force_quick_gelu=True)
+    check_activation("ViT-B-16-quickgelu", "openai")  # matching: no error
+    check_activation("ViT-B-16", "openai", force_quick_gelu=True)
+    check_activation("ViT-B-16", "laion2b_s34b_b88k")
+    check_activation("ViT-B-16", None)

@@ -384,13 +384,13 @@ def _training_section(release: dict, packing: dict[str, Any]) -> str:
         "## Train on it",
         "`RELEASE` is the folder that holds this file. DALIP reads the manifest (captions, shards and keys):",
         f"```bash\nRELEASE=path/to/{release['name']}\n"
-        'python -m dalip.train --manifest "$RELEASE/manifest.parquet" --output-dir runs/dalip --model ViT-B-16 \\\n'
-        "    --pretrained openai --batch-size 256 --epochs 1\n```",
+        'python -m dalip.train --manifest "$RELEASE/manifest.parquet" --output-dir runs/dalip \\\n'
+        "    --model ViT-B-16-quickgelu --pretrained openai --batch-size 256 --epochs 1\n```",
         "open_clip's own trainer reads the shards (`<key>.jpg`, `<key>.txt`):",
         "```bash\npython -m open_clip_train.main --dataset-type webdataset \\\n"
         f"    --train-data \"$RELEASE/{_shard_pattern(packing['shards'])}\" "
         f"--train-num-samples {packing['packed']} \\\n"
-        "    --model ViT-B-16 --pretrained openai --batch-size 256 --epochs 1 --logs runs/open_clip\n```",
+        "    --model ViT-B-16-quickgelu --pretrained openai --batch-size 256 --epochs 1 --logs runs/open_clip\n```",
         f"URL-only rows ({packing['url_only']:,}) are in the manifest with `keep = false`: fetch them yourself "
         "(e.g. with img2dataset) under their own licenses if you want them.",
     ])  # fmt: skip
