@@ -163,7 +163,6 @@ def read_batches(config: Config, ctx: CrawlContext, batch_rows: int = 65_536) ->
             ctx.caption_style,
         )
         duck_rules.create_license_table(con, "licenses", "SELECT license FROM photos")
-        con.execute("SET preserve_insertion_order = false")  # the query sorts its output itself; frees memory
         try:
             reader = con.sql(_candidates_sql(config, ctx, paths["photos"])).to_arrow_reader(batch_rows)
             for batch in reader:
