@@ -35,8 +35,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: str | Path, step: int, payload: dict[str, Any]) -> Path:
-    """Write ``step_{step:08d}.pt`` atomically and point ``latest.txt`` at it."""
+def save_checkpoint(directory: str | Path, step: int, payload: dict[str, Any], keep_last: int | None = None) -> Path:
+    """Write ``step_{step:08d}.pt`` atomically and point ``latest.txt`` at it; with ``keep_last``, remove all but
+    the newest ``keep_last`` checkpoints afterwards (never the one ``latest.txt`` names)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
@@ -46,6 +47,10 @@ def save_checkpoint(directory: str | Path, step: int, payload: dict[str, Any]) -
     pointer = directory / (LATEST + ".tmp")
     pointer.write_text(path.name + "\n")
     os.replace(pointer, directory / LATEST)
+    if keep_last is not None:
+        for old in sorted(directory.glob("step_*.pt"))[:-keep_last] if keep_last > 0 else []:
+            if old != path:
+                old.unlink(missing_ok=True)
     return path
 
 

@@ -65,12 +65,16 @@ class TrainConfig:
     local_loss: bool = False
     gather_with_grad: bool = False
     device: str | None = None
+    keep_last: int | None = None  # checkpoints kept (the newest); None = all
+    grad_checkpointing: bool = False  # recompute the towers' activations in backward (open_clip's)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.loss_variant not in LOSS_VARIANTS:
             raise ValueError(f"loss variant must be one of {LOSS_VARIANTS}, got {self.loss_variant!r}")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, got {self.keep_last}")
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -116,6 +120,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     _seed_all(cfg.seed)  # the same initial weights on every rank
     model, preprocess_train, _ = DalipModel.create(cfg.model, cfg.pretrained, mbdc=cfg.mbdc, device=info.device)
+    if cfg.grad_checkpointing:
+        model.clip.set_grad_checkpointing(True)
     tokenizer = open_clip.get_tokenizer(cfg.model)
     selection = read_manifest(cfg.manifest, cfg.caption)
     steps_per_epoch = selection.num_samples // (cfg.batch_size * info.world_size)
@@ -195,7 +201,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 metrics.flush()
             t_prev = t_now
             if step % cfg.save_every == 0 or step == last_step:
-                ckpt_path = _save(out_dir, step, model, optimizer, scheduler, scaler, payload, info)
+                ckpt_path = _save(out_dir, step, model, optimizer, scheduler, scaler, payload, info, cfg.keep_last)
         _log_epoch_stats(epoch, epoch_stats, info, metrics)
     bar.close()
     if metrics:
@@ -232,7 +238,9 @@ def _open_metrics(path: Path, step: int) -> Any:
     return path.open("a")
 
 
-def _save(out_dir: Path, step: int, model, optimizer, scheduler, scaler, payload: dict, info: DistInfo) -> Path:
+def _save(
+    out_dir: Path, step: int, model, optimizer, scheduler, scaler, payload: dict, info: DistInfo, keep_last: int | None
+) -> Path:
     states = [None] * info.world_size
     if info.distributed:
         torch.distributed.all_gather_object(states, rng_state())
@@ -243,7 +251,7 @@ def _save(out_dir: Path, step: int, model, optimizer, scheduler, scaler, payload
         save_checkpoint(out_dir / "checkpoints", step, {
             **payload, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": states,
-        })  # fmt: skip
+        }, keep_last)  # fmt: skip
     if info.distributed:
         torch.distributed.barrier()
     return path
@@ -298,6 +306,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--local-loss", action="store_true")
     p.add_argument("--gather-with-grad", action="store_true")
     p.add_argument("--device", default=None)
+    p.add_argument("--keep-last", type=int, default=None, help="keep only the newest N checkpoints")
+    p.add_argument("--grad-checkpointing", action="store_true", help="open_clip's activation checkpointing")
     a = p.parse_args(argv)
     mbdc = MbdcConfig(a.mbdc_heads, a.mbdc_dim, a.mbdc_dropout, a.mbdc_eps, not a.no_reweight, a.mbdc_hidden)
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"mbdc", "lambdas"}

@@ -102,3 +102,52 @@ def test_torchrun_two_cpu_processes_with_gloo(shards: Path, tmp_path: Path) -> N
     assert ckpt["steps_per_epoch"] == 126 // (8 * 2)  # the epoch is split over two ranks
     assert len(ckpt["rng"]) == 2  # one RNG state per rank
     assert ckpt["model"]["clip.logit_scale"].isfinite()
+
+
+def test_keep_last_rotates_checkpoints_and_grad_checkpointing_changes_no_number(shards: Path, tmp_path: Path) -> None:
+    """--keep-last 2 leaves the newest two (latest.txt still valid); --grad-checkpointing recomputes activations in
+    backward and gives the same losses and weights as without, step for step."""
+    plain, ckpt = tmp_path / "plain", tmp_path / "ckpt"
+    main(_args(shards, plain, "--max-steps", "6", "--save-every", "1", "--keep-last", "2"))
+    assert sorted(p.name for p in (plain / "checkpoints").glob("step_*.pt")) == [
+        "step_00000005.pt", "step_00000006.pt",
+    ]  # fmt: skip
+    assert (plain / "checkpoints" / "latest.txt").read_text().strip() == "step_00000006.pt"
+    main(_args(shards, ckpt, "--max-steps", "6", "--save-every", "6", "--grad-checkpointing"))
+    assert _losses(ckpt) == pytest.approx(_losses(plain), abs=1e-5)
+    a, b = (load_checkpoint(d / "checkpoints" / "step_00000006.pt")["model"] for d in (plain, ckpt))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    with pytest.raises(ValueError, match="keep_last must be at least 1"):
+        main(_args(shards, tmp_path / "zero", "--keep-last", "0"))
+
+
+def test_the_exported_clip_tower_loads_in_open_clip_and_gives_the_same_features(shards: Path, tmp_path: Path) -> None:
+    import open_clip
+
+    from dalip.evaluate import load_model
+    from dalip.export import export_clip
+
+    out = tmp_path / "run"
+    main(_args(shards, out, "--max-steps", "2"))
+    checkpoint = out / "checkpoints" / "step_00000002.pt"
+    name = export_clip(checkpoint, tmp_path / "clip.pt")
+    clip, _, _ = open_clip.create_model_and_transforms(name, pretrained=str(tmp_path / "clip.pt"))
+    dalip_model, _, tokenizer, _ = load_model(str(checkpoint))
+    image = torch.rand(2, 3, 32, 32)
+    text = tokenizer(["a photo of a teal striped plant", "an olive plant"])
+    clip.eval()
+    with torch.no_grad():
+        assert torch.allclose(clip.encode_image(image), dalip_model.encode_image(image), atol=1e-6)
+        assert torch.allclose(clip.encode_text(text), dalip_model.encode_text(text), atol=1e-6)
+
+
+def test_ranks_come_from_slurm_when_torchrun_is_absent(monkeypatch) -> None:
+    from dalip.distributed import init_distributed
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_LOCALID", "0")
+    info = init_distributed("cpu")
+    assert (info.rank, info.world_size, info.local_rank, info.distributed) == (0, 1, 0, False)
