@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+VARIANTS = ("reference", "layernorm")
+
 
 @dataclass(frozen=True)
 class MbdcConfig:
@@ -23,6 +25,20 @@ class MbdcConfig:
     eps: float = 1e-5  # added under the square root; keeps the gradient finite where two channels coincide
     reweight: bool = True  # weight tokens by softmax(cos(token, pooled token)) per head
     hidden_dim: int | None = None  # width of the linear layer after the LayerNorm; None = BDC width (reference)
+    # "reference": the authors' visionBDC / textBDC (image tokens = the patch tokens, 1x1 conv + BatchNorm2d
+    # reduction per head, whole reduced channels dropped; text: Linear + LayerNorm(eps 1e-7), whole token positions
+    # dropped; final LayerNorm eps 1e-7). "layernorm": this project's first version (every token, class token
+    # included, LayerNorm reduction, element-wise dropout, eps 1e-5), kept to read its checkpoints.
+    variant: str = "reference"
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"MBDC variant must be one of {VARIANTS}, got {self.variant!r}")
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> MbdcConfig:
+        """The config a checkpoint recorded; one saved before variants existed is the "layernorm" one."""
+        return cls(**{"variant": "layernorm", **saved})
 
     @property
     def bdc_width(self) -> int:
@@ -51,21 +67,38 @@ def bdc_matrix(x: torch.Tensor, eps: float = 1e-5, scale: bool = True) -> torch.
 
 
 class MBDC(nn.Module):
-    """Multi-head BDC embedding of a token sequence ``(B, M, width)`` given its pooled token ``(B, width)``."""
+    """Multi-head BDC embedding of a token sequence ``(B, M, width)`` given its pooled token ``(B, width)``.
 
-    def __init__(self, width: int, out_dim: int, config: MbdcConfig = MbdcConfig()) -> None:
+    ``modality`` matters for the reference variant only: images reduce with a 1x1 convolution + BatchNorm2d and
+    drop whole reduced channels, text with Linear + LayerNorm and drops whole token positions (the authors' code).
+    """
+
+    def __init__(self, width: int, out_dim: int, config: MbdcConfig = MbdcConfig(), modality: str = "text") -> None:
         super().__init__()
         if width % config.heads:
             raise ValueError(f"MBDC: token width {width} is not divisible by heads={config.heads}")
-        self.config = config
+        if modality not in ("image", "text"):
+            raise ValueError(f"MBDC modality must be image or text, got {modality!r}")
+        self.config, self.modality = config, modality
+        self.reference = config.variant == "reference"
+        channels = width // config.heads
         self.token_map = nn.Linear(width, width, bias=False)
         # One reduction shared by all heads, as in the reference: heads differ by their input channels only.
-        self.reduce = nn.Sequential(
-            nn.Linear(width // config.heads, config.dim, bias=False), nn.LayerNorm(config.dim), nn.ReLU()
-        )
-        self.dropout = nn.Dropout(config.dropout)
+        if self.reference and modality == "image":
+            self.reduce = nn.Sequential(
+                nn.Conv2d(channels, config.dim, kernel_size=1, bias=False), nn.BatchNorm2d(config.dim), nn.ReLU()
+            )
+            nn.init.kaiming_normal_(self.reduce[0].weight, a=0, mode="fan_out", nonlinearity="leaky_relu")
+        else:
+            eps = 1e-7 if self.reference else 1e-5
+            self.reduce = nn.Sequential(
+                nn.Linear(channels, config.dim, bias=False), nn.LayerNorm(config.dim, eps=eps), nn.ReLU()
+            )
+        # Reference: Dropout2d in the authors' code, i.e. whole channels of (B, d, M) images and whole positions of
+        # (B, M, d) text; Dropout1d says the same without PyTorch's 3-D input warning.
+        self.dropout = nn.Dropout1d(config.dropout) if self.reference else nn.Dropout(config.dropout)
         hidden = config.hidden_dim or config.bdc_width
-        self.norm = nn.LayerNorm(config.bdc_width)
+        self.norm = nn.LayerNorm(config.bdc_width, eps=1e-7 if self.reference else 1e-5)
         self.fc = nn.Linear(config.bdc_width, hidden)
         self.out = nn.Linear(hidden, out_dim, bias=False)
         rows, cols = torch.triu_indices(config.dim, config.dim)
@@ -80,9 +113,20 @@ class MBDC(nn.Module):
             ref = self.token_map(pooled).view(b, heads, 1, width // heads)
             weights = F.cosine_similarity(x, ref, dim=-1).softmax(dim=-1)  # (B, h, M): a distribution over tokens
             x = x * weights.unsqueeze(-1)
-        x = self.dropout(self.reduce(x))  # (B, h, M, d)
+        if self.reference:
+            x = torch.stack([self._reduce_reference(x[:, i]) for i in range(heads)], dim=1)  # (B, h, d, M)
+        else:
+            x = self.dropout(self.reduce(x)).transpose(-1, -2)  # (B, h, d, M)
         # BDC in fp32 even under autocast: sqrt of small distances and the centring cancel badly in 16 bits.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            a = bdc_matrix(x.transpose(-1, -2).float(), eps=self.config.eps)  # (B, h, d, d)
+            a = bdc_matrix(x.to(torch.promote_types(x.dtype, torch.float32)), eps=self.config.eps)  # (B, h, d, d)
         v = a[..., self.triu_rows, self.triu_cols].flatten(1)  # (B, h * d(d+1)/2)
         return self.out(self.fc(self.norm(v)))
+
+    def _reduce_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """One head ``(B, M, c)`` -> ``(B, d, M)``, a head at a time as the authors' loop (BatchNorm statistics per
+        head)."""
+        if self.modality == "image":
+            reduced = self.reduce(x.transpose(1, 2).unsqueeze(-1)).squeeze(-1)  # 1x1 conv over (B, c, M, 1)
+            return self.dropout(reduced)  # (B, d, M): whole channels
+        return self.dropout(self.reduce(x)).transpose(1, 2)  # (B, M, d): whole token positions

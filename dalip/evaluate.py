@@ -62,7 +62,9 @@ def load_model(
         ckpt = load_checkpoint(checkpoint)
         cfg = ckpt["config"]
         model_name = cfg["model"]
-        model, _, preprocess = DalipModel.create(model_name, None, mbdc=MbdcConfig(**cfg["mbdc"]), device=device)
+        model, _, preprocess = DalipModel.create(
+            model_name, None, mbdc=MbdcConfig.from_saved(cfg["mbdc"]), device=device
+        )
         model.load_state_dict(ckpt["model"])
     elif model_name:
         model, _, preprocess = DalipModel.create(model_name, pretrained, device=device)

@@ -26,7 +26,7 @@ def export_clip(checkpoint: str | Path, output: str | Path) -> str:
     register_tiny_model()
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["config"]
-    model, _, _ = DalipModel.create(cfg["model"], None, mbdc=MbdcConfig(**cfg["mbdc"]))
+    model, _, _ = DalipModel.create(cfg["model"], None, mbdc=MbdcConfig.from_saved(cfg["mbdc"]))
     model.load_state_dict(ckpt["model"])
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,8 @@ class DalipModel(nn.Module):
         self.clip = clip
         # Head sizes come from the model: MBDC works on tokens already projected to the joint width.
         embed_dim = int(visual.output_dim)
-        self.image_mbdc = MBDC(embed_dim, embed_dim, mbdc)
-        self.text_mbdc = MBDC(embed_dim, embed_dim, mbdc)
+        self.image_mbdc = MBDC(embed_dim, embed_dim, mbdc, modality="image")
+        self.text_mbdc = MBDC(embed_dim, embed_dim, mbdc, modality="text")
         self.mbdc_config = mbdc
 
     @classmethod
@@ -80,7 +80,9 @@ class DalipModel(nn.Module):
 
     # -- DALIP: first and second order ---------------------------------------------------------------------------
     def image_tokens(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled image embedding ``(B, D)`` (unnormalised ``f``) and all tokens projected to the joint width."""
+        """Pooled image embedding ``(B, D)`` (unnormalised ``f``) and the tokens MBDC observes, projected to the joint
+        width: the patch tokens (reference variant: the class token is the reweighting reference, not an
+        observation, so M = 196 at ViT-B-16), or every token, class token included ("layernorm" variant)."""
         out = self.clip.forward_intermediates(
             image=image,
             image_indices=1,
@@ -89,11 +91,14 @@ class DalipModel(nn.Module):
             image_output_fmt="NLC",
             image_output_extra_tokens=True,
         )
-        tokens = torch.cat([out["image_intermediates_prefix"][-1], out["image_intermediates"][-1]], dim=1)
+        tokens = out["image_intermediates"][-1]
+        if self.mbdc_config.variant != "reference":
+            tokens = torch.cat([out["image_intermediates_prefix"][-1], tokens], dim=1)
         return out["image_features"], _project(tokens, self.clip.visual.proj)
 
     def text_tokens(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled text embedding ``(B, D)`` (unnormalised ``f``) and all context tokens in the joint width."""
+        """Pooled text embedding ``(B, D)`` (unnormalised ``f``) and all context tokens in the joint width (padding
+        positions included, as the authors' textBDC observes them)."""
         out = self.clip.forward_intermediates(text=text, text_indices=1, normalize=False, normalize_intermediates=True)
         tokens = out["text_intermediates"][-1]  # ln_final applied
         return out["text_features"], _project(tokens, self._text_tower().text_projection)

@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dalip.bdc import MbdcConfig
+from dalip.bdc import VARIANTS, MbdcConfig
 from dalip.checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
 from dalip.data import ShardStream, StreamStats, make_loader, read_manifest
 from dalip.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
@@ -298,6 +298,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--mbdc-eps", type=float, default=1e-5)
     p.add_argument("--mbdc-hidden", type=int, default=None)
     p.add_argument("--no-reweight", action="store_true", help="turn MBDC token re-weighting off")
+    p.add_argument("--mbdc-variant", choices=VARIANTS, default="reference",
+                   help="reference: the DALIP authors' MBDC; layernorm: this project's first version")  # fmt: skip
     p.add_argument("--shuffle-buffer", type=int, default=1000)
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=1)
@@ -309,7 +311,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--keep-last", type=int, default=None, help="keep only the newest N checkpoints")
     p.add_argument("--grad-checkpointing", action="store_true", help="open_clip's activation checkpointing")
     a = p.parse_args(argv)
-    mbdc = MbdcConfig(a.mbdc_heads, a.mbdc_dim, a.mbdc_dropout, a.mbdc_eps, not a.no_reweight, a.mbdc_hidden)
+    mbdc = MbdcConfig(
+        a.mbdc_heads, a.mbdc_dim, a.mbdc_dropout, a.mbdc_eps, not a.no_reweight, a.mbdc_hidden, a.mbdc_variant
+    )
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"mbdc", "lambdas"}
     return TrainConfig(**{k: v for k, v in vars(a).items() if k in fields}, lambdas=tuple(a.lambdas), mbdc=mbdc)
 

@@ -36,7 +36,7 @@ def load_for_validation(checkpoint: str, device: str = "cpu") -> tuple[Any, Any,
     register_tiny_model()
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["config"]
-    model, _, preprocess = DalipModel.create(cfg["model"], None, mbdc=MbdcConfig(**cfg["mbdc"]), device=device)
+    model, _, preprocess = DalipModel.create(cfg["model"], None, mbdc=MbdcConfig.from_saved(cfg["mbdc"]), device=device)
     model.load_state_dict(ckpt["model"])
     model.eval()
     loss_fn = DalipLoss(cfg["alpha"], cfg["loss_variant"], tuple(cfg["lambdas"]))

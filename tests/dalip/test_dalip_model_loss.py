@@ -32,10 +32,16 @@ def test_tokens_are_in_the_joint_space_of_the_pooled_embedding(tiny) -> None:
     f_img, tok_img = model.image_tokens(image)
     f_txt, tok_txt = model.text_tokens(text)
     grid = model.clip.visual.grid_size
-    assert tok_img.shape == (4, grid[0] * grid[1] + 1, model.clip.visual.output_dim)
+    # Reference MBDC observes the patch tokens (M = grid cells); the class token is its reweighting reference.
+    assert tok_img.shape == (4, grid[0] * grid[1], model.clip.visual.output_dim)
     assert tok_txt.shape == (4, model.clip.context_length, model.clip.visual.output_dim)
-    # The projected class token is the pooled image embedding; the projected EOT token is the text embedding.
-    torch.testing.assert_close(tok_img[:, 0], f_img)
+    # The "layernorm" variant puts the class token first: projected, it is the pooled image embedding; the
+    # projected EOT token is the text embedding.
+    first = DalipModel(model.clip, MbdcConfig(heads=4, dim=6, variant="layernorm"))
+    _, all_tokens = first.image_tokens(image)
+    assert all_tokens.shape[1] == grid[0] * grid[1] + 1
+    torch.testing.assert_close(all_tokens[:, 0], f_img)
+    torch.testing.assert_close(all_tokens[:, 1:], tok_img)
     torch.testing.assert_close(tok_txt[torch.arange(4), text.argmax(-1)], f_txt)
 
 
