@@ -30,6 +30,8 @@ class MbdcConfig:
     # dropped; final LayerNorm eps 1e-7). "layernorm": this project's first version (every token, class token
     # included, LayerNorm reduction, element-wise dropout, eps 1e-5), kept to read its checkpoints.
     variant: str = "reference"
+    # Text only: leave the padding after the EOT token out of the observations (the authors keep all 77 positions).
+    mask_padding: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -46,7 +48,9 @@ class MbdcConfig:
         return self.heads * self.dim * (self.dim + 1) // 2
 
 
-def bdc_matrix(x: torch.Tensor, eps: float = 1e-5, scale: bool = True) -> torch.Tensor:
+def bdc_matrix(
+    x: torch.Tensor, eps: float = 1e-5, scale: bool = True, tokens: torch.Tensor | None = None
+) -> torch.Tensor:
     """Double-centred Brownian distance matrix of each ``d x M`` matrix in ``x`` (shape ``(..., d, M)``).
 
     Each of the ``d`` rows is one observation over the ``M`` columns: ``D2[k, l] = ||x_k - x_l||^2``,
@@ -54,8 +58,10 @@ def bdc_matrix(x: torch.Tensor, eps: float = 1e-5, scale: bool = True) -> torch.
     row means and column means plus its grand mean. Returns shape ``(..., d, d)``.
     With ``eps = 0`` and ``scale = False``, ``(A * B).sum() / d**2`` is the V-statistic squared distance
     covariance of the two inputs; with ``scale`` it is that value divided by ``2 * sqrt(M_x * M_y)``.
+    ``tokens``: the number of real columns of each matrix (shape ``x.shape[:-2]``) when the rest are zeroed
+    padding: zero columns add nothing to the distances, and the scale uses the real count.
     """
-    m = x.shape[-1]
+    m = x.shape[-1] if tokens is None else tokens.to(x.dtype)[..., None, None]  # per matrix: masked columns are 0
     gram = x @ x.transpose(-1, -2)
     sq_norms = gram.diagonal(dim1=-2, dim2=-1)
     # Pairwise squared distances from the Gram matrix: one batched matmul instead of a d x d x M difference.
@@ -105,21 +111,30 @@ class MBDC(nn.Module):
         self.register_buffer("triu_rows", rows, persistent=False)
         self.register_buffer("triu_cols", cols, persistent=False)
 
-    def forward(self, tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pooled: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` ``(B, M)``: the tokens to observe (True), e.g. text without its padding; None = all."""
         b, m, width = tokens.shape
         heads = self.config.heads
         x = self.token_map(tokens).view(b, m, heads, width // heads).transpose(1, 2)  # (B, h, M, c)
         if self.config.reweight:
             ref = self.token_map(pooled).view(b, heads, 1, width // heads)
-            weights = F.cosine_similarity(x, ref, dim=-1).softmax(dim=-1)  # (B, h, M): a distribution over tokens
+            similarity = F.cosine_similarity(x, ref, dim=-1)
+            if mask is not None:
+                similarity = similarity.masked_fill(~mask[:, None, :], float("-inf"))
+            weights = similarity.softmax(dim=-1)  # (B, h, M): a distribution over (observed) tokens
             x = x * weights.unsqueeze(-1)
         if self.reference:
             x = torch.stack([self._reduce_reference(x[:, i]) for i in range(heads)], dim=1)  # (B, h, d, M)
         else:
             x = self.dropout(self.reduce(x)).transpose(-1, -2)  # (B, h, d, M)
+        counts = None
+        if mask is not None:
+            x = x * mask[:, None, None, :].to(x.dtype)  # padding columns to zero: they add no distance
+            counts = mask.sum(dim=-1)[:, None].expand(b, heads)
         # BDC in fp32 even under autocast: sqrt of small distances and the centring cancel badly in 16 bits.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            a = bdc_matrix(x.to(torch.promote_types(x.dtype, torch.float32)), eps=self.config.eps)  # (B, h, d, d)
+            x = x.to(torch.promote_types(x.dtype, torch.float32))
+            a = bdc_matrix(x, eps=self.config.eps, tokens=counts)  # (B, h, d, d)
         v = a[..., self.triu_rows, self.triu_cols].flatten(1)  # (B, h * d(d+1)/2)
         return self.out(self.fc(self.norm(v)))
 

@@ -113,7 +113,10 @@ class DalipModel(nn.Module):
             out["image_f"], out["image_z"] = pooled, self.image_mbdc(tokens, pooled)
         if text is not None:
             pooled, tokens = self.text_tokens(text)
-            out["text_f"], out["text_z"] = pooled, self.text_mbdc(tokens, pooled)
+            mask = None
+            if self.mbdc_config.mask_padding:  # the EOT token is the last real one (open_clip's argmax pooling)
+                mask = torch.arange(text.shape[1], device=text.device)[None, :] <= text.argmax(dim=-1)[:, None]
+            out["text_f"], out["text_z"] = pooled, self.text_mbdc(tokens, pooled, mask)
         if normalize:
             out = {k: F.normalize(v, dim=-1) for k, v in out.items()}
         return out

@@ -300,6 +300,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--no-reweight", action="store_true", help="turn MBDC token re-weighting off")
     p.add_argument("--mbdc-variant", choices=VARIANTS, default="reference",
                    help="reference: the DALIP authors' MBDC; layernorm: this project's first version")  # fmt: skip
+    p.add_argument("--mbdc-mask-padding", action="store_true",
+                   help="text MBDC observes the tokens up to EOT (the authors' observes all 77)")  # fmt: skip
     p.add_argument("--shuffle-buffer", type=int, default=1000)
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=1)
@@ -312,7 +314,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--grad-checkpointing", action="store_true", help="open_clip's activation checkpointing")
     a = p.parse_args(argv)
     mbdc = MbdcConfig(
-        a.mbdc_heads, a.mbdc_dim, a.mbdc_dropout, a.mbdc_eps, not a.no_reweight, a.mbdc_hidden, a.mbdc_variant
+        a.mbdc_heads,
+        a.mbdc_dim,
+        a.mbdc_dropout,
+        a.mbdc_eps,
+        not a.no_reweight,
+        a.mbdc_hidden,
+        a.mbdc_variant,
+        a.mbdc_mask_padding,
     )
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"mbdc", "lambdas"}
     return TrainConfig(**{k: v for k, v in vars(a).items() if k in fields}, lambdas=tuple(a.lambdas), mbdc=mbdc)

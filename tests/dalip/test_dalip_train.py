@@ -151,3 +151,9 @@ def test_ranks_come_from_slurm_when_torchrun_is_absent(monkeypatch) -> None:
     monkeypatch.setenv("SLURM_LOCALID", "0")
     info = init_distributed("cpu")
     assert (info.rank, info.world_size, info.local_rank, info.distributed) == (0, 1, 0, False)
+
+
+def test_the_first_mbdc_variant_and_padding_masking_train(shards: Path, tmp_path: Path) -> None:
+    for flags in (("--mbdc-variant", "layernorm"), ("--mbdc-mask-padding",)):
+        summary = main(_args(shards, tmp_path / flags[-1].strip("-"), "--max-steps", "2", *flags))
+        assert summary["step"] == 2 and math.isfinite(summary["loss"])

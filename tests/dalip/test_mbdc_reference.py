@@ -154,3 +154,15 @@ def test_the_first_variant_is_kept_and_old_checkpoints_read_as_it() -> None:
     assert isinstance(first.dropout, nn.Dropout)
     with pytest.raises(ValueError, match="MBDC variant must be one of"):
         MbdcConfig(variant="paper")
+
+
+def test_masked_padding_is_as_if_the_padding_were_not_there() -> None:
+    """With a mask, text MBDC of tokens + padding equals MBDC of the real tokens alone (eval mode)."""
+    torch.manual_seed(2)
+    mbdc = MBDC(WIDTH, WIDTH, MbdcConfig(heads=HEADS, dim=DIM, mask_padding=True), modality="text").double().eval()
+    real = torch.randn(2, 5, WIDTH, dtype=torch.float64)
+    padded = torch.cat([real, torch.randn(2, 4, WIDTH, dtype=torch.float64)], dim=1)  # junk after the EOT
+    mask = torch.arange(9)[None, :] < 5
+    pooled = real[:, -1]
+    torch.testing.assert_close(mbdc(padded, pooled, mask.expand(2, 9)), mbdc(real, pooled), rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(mbdc(padded, pooled), mbdc(real, pooled))  # unmasked, the padding counts
