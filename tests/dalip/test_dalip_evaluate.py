@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from dalip.evaluate import heldout_taxa, main
@@ -78,3 +79,51 @@ def _held_out_images_as_folders(manifest: Path, root: Path) -> Path:
             with tarfile.open(manifest.parent / row["shard"]) as tar:
                 (folder / f"{row['key']}.jpg").write_bytes(tar.extractfile(f"{row['key']}.jpg").read())
     return root
+
+
+class _Fixed:
+    """A stand-in model: ``f`` pairs image i with caption i, ``z`` pairs image i with caption i + 1."""
+
+    def eval(self):
+        return self
+
+    def encode(self, image, text, normalize=True):
+        import torch.nn.functional as F
+
+        i = image[:, 0, 0, 0].long()
+        t = text.long()
+        n = 4
+        return {
+            "image_f": F.one_hot(i, n).float(), "text_f": F.one_hot(t, n).float(),
+            "image_z": F.one_hot((i + 1) % n, n).float(), "text_z": F.one_hot(t, n).float(),
+        }  # fmt: skip
+
+
+def test_retrieval_recall_scores_each_image_against_every_caption_by_f_z_and_both() -> None:
+    from dalip.retrieval import retrieval_metrics
+
+    pairs = [(torch.full((3, 2, 2), float(i)), str(i)) for i in range(4)]
+    tokenizer = lambda texts: torch.tensor([int(t) for t in texts])  # noqa: E731
+    f_only = retrieval_metrics(_Fixed(), tokenizer, pairs, lambdas=(1.0, 0.0), batch_size=3)
+    assert f_only["f"]["image_to_text_R@1"] == 1.0 and f_only["f"]["text_to_image_R@1"] == 1.0
+    assert f_only["z"]["image_to_text_R@1"] == 0.0 and f_only["z"]["image_to_text_mean_rank"] > 1
+    assert f_only["both"]["image_to_text_R@1"] == 1.0  # lambda2 = 0: the combined score is f's
+    z_only = retrieval_metrics(_Fixed(), tokenizer, pairs, lambdas=(0.0, 1.0))
+    assert z_only["both"]["image_to_text_R@1"] == 0.0 and z_only["both"]["image_to_text_R@5"] == 1.0
+
+
+def test_retrieval_cli_on_a_manifest(tmp_path) -> None:
+    from dalip.retrieval import main as retrieval_main
+    from dalip.train import main as train_main
+    from tests.dalip.conftest import write_dataset
+
+    data = write_dataset(tmp_path / "data", n_shards=1, per_shard=24)
+    train_main(["--manifest", str(data), "--output-dir", str(tmp_path / "run"), "--model", "DALIP-Tiny",
+                "--batch-size", "8", "--max-steps", "1", "--precision", "fp32", "--workers", "0",
+                "--mbdc-dim", "6"])  # fmt: skip
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "step_00000001.pt")
+    report = retrieval_main(["--checkpoint", checkpoint, "--manifest", str(data), "--limit", "16",
+                             "--output", str(tmp_path / "r.json")])  # fmt: skip
+    assert report["num_pairs"] == 16 and set(report["results"]) == {"f", "z", "both"}
+    assert 0.0 <= report["results"]["both"]["image_to_text_R@10"] <= 1.0
+    assert json.loads((tmp_path / "r.json").read_text())["results"] == report["results"]
