@@ -157,3 +157,29 @@ def test_the_first_mbdc_variant_and_padding_masking_train(shards: Path, tmp_path
     for flags in (("--mbdc-variant", "layernorm"), ("--mbdc-mask-padding",)):
         summary = main(_args(shards, tmp_path / flags[-1].strip("-"), "--max-steps", "2", *flags))
         assert summary["step"] == 2 and math.isfinite(summary["loss"])
+
+
+@pytest.mark.parametrize("gather_with_grad", [True, False])
+def test_one_ddp_step_on_two_processes_equals_the_same_global_batch_in_one(tmp_path: Path, gather_with_grad) -> None:
+    """With --gather-with-grad, 2 ranks x 4 samples give the loss and the (DDP-averaged) gradients of 1 process x
+    8 samples; without it (open_clip's default) the loss is the same, the towers' gradients are 1/world_size of
+    it (each rank's loss reaches only its own features) and the temperature's is the same (every rank's loss
+    depends on it whole): what the README says about --gather-with-grad."""
+    script = ROOT / "tests" / "dalip" / "ddp_step.py"
+    flags = ["--gather-with-grad"] if gather_with_grad else []
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt"), *flags], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), str(script), str(tmp_path / "two.pt"), *flags],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("one", "two"))
+    assert set(a) == set(b) and any(k.startswith("grad/") for k in a)
+    for key in a:
+        scaled = not gather_with_grad and key.startswith("grad/") and key != "grad/clip.logit_scale"
+        expected = a[key] * (0.5 if scaled else 1.0)
+        torch.testing.assert_close(b[key], expected, rtol=1e-4, atol=1e-6, msg=key)
