@@ -7,6 +7,7 @@ progress bar and a JSONL metrics log (``<output-dir>/metrics.jsonl``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -66,6 +67,7 @@ class TrainConfig:
     gather_with_grad: bool = False
     device: str | None = None
     keep_last: int | None = None  # checkpoints kept (the newest); None = all
+    accum_freq: int = 1  # micro-batches per step: the contrastive loss sees accum_freq x batch_size per rank
     grad_checkpointing: bool = False  # recompute the towers' activations in backward (open_clip's)
 
     def __post_init__(self) -> None:
@@ -73,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.loss_variant not in LOSS_VARIANTS:
             raise ValueError(f"loss variant must be one of {LOSS_VARIANTS}, got {self.loss_variant!r}")
+        if self.accum_freq < 1:
+            raise ValueError(f"accum_freq must be at least 1, got {self.accum_freq}")
         if self.keep_last is not None and self.keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {self.keep_last}")
 
@@ -124,11 +128,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.clip.set_grad_checkpointing(True)
     tokenizer = open_clip.get_tokenizer(cfg.model)
     selection = read_manifest(cfg.manifest, cfg.caption)
-    steps_per_epoch = selection.num_samples // (cfg.batch_size * info.world_size)
+    steps_per_epoch = selection.num_samples // (cfg.batch_size * cfg.accum_freq * info.world_size)
     if steps_per_epoch == 0:
         raise ValueError(
             f"{selection.num_samples} kept samples are fewer than one global batch "
-            f"({cfg.batch_size} x {info.world_size} ranks)"
+            f"({cfg.batch_size} x {cfg.accum_freq} micro-batches x {info.world_size} ranks)"
         )
     total_steps = steps_per_epoch * cfg.epochs
     stream = ShardStream(
@@ -165,18 +169,24 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model.train()
     while step < last_step:
         epoch, skip = divmod(step, steps_per_epoch)
-        stream.set_epoch(epoch, skip)
+        stream.set_epoch(epoch, skip * cfg.accum_freq)
         epoch_stats = StreamStats()
         n_batches = min(steps_per_epoch, skip + last_step - step) - skip
         t_prev = time.perf_counter()
-        for batch in itertools.islice(loader, n_batches):
+        batches = iter(itertools.islice(loader, n_batches * cfg.accum_freq))
+        while micro := list(itertools.islice(batches, cfg.accum_freq)):
             t_data = time.perf_counter()
-            image = batch["image"].to(info.device, non_blocking=True)
-            text = batch["text"].to(info.device, non_blocking=True)
-            with autocast:
-                losses = loss_fn(ddp_model(image, text))
+            pairs = [(b["image"].to(info.device, non_blocking=True), b["text"].to(info.device, non_blocking=True))
+                     for b in micro]  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
+            if cfg.accum_freq == 1:
+                with autocast:
+                    losses = loss_fn(ddp_model(*pairs[0]))
+                scaler.scale(losses["loss"]).backward()
+            else:
+                losses = accumulate(ddp_model, model, loss_fn, pairs, lambda loss: scaler.scale(loss).backward(),
+                                    autocast)  # fmt: skip
+            batch = {"stats": _merged_stats([b["stats"] for b in micro])}
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -190,7 +200,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             _add_stats(epoch_stats, batch["stats"])
             t_now = time.perf_counter()
             terms = {k: v.item() for k, v in losses.items()}
-            rate = cfg.batch_size * info.world_size / (t_now - t_prev)
+            rate = cfg.batch_size * cfg.accum_freq * info.world_size / (t_now - t_prev)
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.4f}", samples_s=f"{rate:.1f}")
             if metrics and step % cfg.log_every == 0:
@@ -208,6 +218,72 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         metrics.close()
     cleanup(info)
     return {"step": step, "total_steps": total_steps, "checkpoint": str(ckpt_path) if ckpt_path else None, **terms}
+
+
+FEATURES = ("image_f", "image_z", "text_f", "text_z")
+
+
+def accumulate(
+    ddp_model: torch.nn.Module,
+    model: DalipModel,
+    loss_fn: DalipLoss,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    backward: Any,
+    autocast: Any = contextlib.nullcontext(),
+) -> dict[str, torch.Tensor]:
+    """One step's gradients over several micro-batches, exact for the contrastive loss (open_clip's feature cache).
+
+    Every micro-batch is first embedded without gradients; then each is embedded again with gradients and the
+    loss is computed over all micro-batches' features (its own live, the others cached), and backpropagated:
+    the gradients sum to those of one batch of all of them. Each micro-batch's second forward replays the RNG
+    state of its first (the same dropout masks), BatchNorm's running statistics are restored after the cached
+    pass (one update per micro-batch, as training without accumulation), and the temperature is live in the
+    first micro-batch's loss only, so its gradient is counted once. Returns the loss terms over the whole step.
+    """
+    cached: list[dict[str, torch.Tensor]] = []
+    states = []
+    buffers = {name: b.clone() for name, b in model.named_buffers() if "running_" in name or "num_batches" in name}
+    with torch.no_grad():
+        for image, text in micro_batches:
+            states.append(_rng_states())
+            with autocast:
+                out = ddp_model(image, text)
+            cached.append({k: out[k].detach() for k in FEATURES})
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name in buffers:
+                b.copy_(buffers[name])
+    losses: dict[str, torch.Tensor] = {}
+    last = len(micro_batches) - 1
+    for j, (image, text) in enumerate(micro_batches):
+        _set_rng_states(states[j])
+        sync = ddp_model.no_sync() if isinstance(ddp_model, DistributedDataParallel) and j < last else None
+        with sync or contextlib.nullcontext(), autocast:
+            out = ddp_model(image, text)
+            features = {k: torch.cat([c[k] for c in cached[:j]] + [out[k]] + [c[k] for c in cached[j + 1 :]])
+                        for k in FEATURES}  # fmt: skip
+            scale = out["logit_scale"] if j == 0 else out["logit_scale"].detach()
+            terms = loss_fn({**features, "logit_scale": scale})
+            backward(terms["loss"])
+        losses = {k: v.detach() for k, v in terms.items()}
+    return losses
+
+
+def _rng_states() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _set_rng_states(states: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state_all(states[1])
+
+
+def _merged_stats(stats: list[StreamStats]) -> StreamStats:
+    total = StreamStats()
+    for item in stats:
+        _add_stats(total, item)
+    return total
 
 
 def _add_stats(total: StreamStats, batch: StreamStats) -> None:
@@ -311,6 +387,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--gather-with-grad", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument("--keep-last", type=int, default=None, help="keep only the newest N checkpoints")
+    p.add_argument("--accum-freq", type=int, default=1,
+                   help="micro-batches per step, exact for the contrastive loss (feature cache)")  # fmt: skip
     p.add_argument("--grad-checkpointing", action="store_true", help="open_clip's activation checkpointing")
     a = p.parse_args(argv)
     mbdc = MbdcConfig(

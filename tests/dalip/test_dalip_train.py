@@ -154,7 +154,7 @@ def test_ranks_come_from_slurm_when_torchrun_is_absent(monkeypatch) -> None:
 
 
 def test_the_first_mbdc_variant_and_padding_masking_train(shards: Path, tmp_path: Path) -> None:
-    for flags in (("--mbdc-variant", "layernorm"), ("--mbdc-mask-padding",)):
+    for flags in (("--mbdc-variant", "layernorm"), ("--mbdc-mask-padding",), ("--accum-freq", "2")):
         summary = main(_args(shards, tmp_path / flags[-1].strip("-"), "--max-steps", "2", *flags))
         assert summary["step"] == 2 and math.isfinite(summary["loss"])
 
@@ -183,3 +183,46 @@ def test_one_ddp_step_on_two_processes_equals_the_same_global_batch_in_one(tmp_p
         scaled = not gather_with_grad and key.startswith("grad/") and key != "grad/clip.logit_scale"
         expected = a[key] * (0.5 if scaled else 1.0)
         torch.testing.assert_close(b[key], expected, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("variant", ["layernorm", "reference"])
+def test_accumulating_two_micro_batches_gives_the_gradients_of_one_batch_of_both(variant: str) -> None:
+    """Exact for the contrastive loss: 2 x 4 samples with the feature cache = 8 samples at once (loss and every
+    gradient, temperature included); dropout masks replayed, BatchNorm's running statistics updated once per
+    micro-batch. (Reference MBDC's BatchNorm normalises each micro-batch by its own statistics, so that variant is
+    compared with dropout and BatchNorm in eval mode for the batch statistics.)"""
+    import copy
+
+    import open_clip
+
+    from dalip.bdc import MbdcConfig
+    from dalip.loss import DalipLoss
+    from dalip.model import DalipModel
+    from dalip.tiny import register_tiny_model
+    from dalip.train import accumulate
+
+    register_tiny_model()
+    torch.manual_seed(0)
+    model, _, _ = DalipModel.create("DALIP-Tiny", None, mbdc=MbdcConfig(heads=4, dim=6, dropout=0.0, variant=variant))
+    tokenizer = open_clip.get_tokenizer("DALIP-Tiny")
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    texts = tokenizer([f"plant {i} {'leaf ' * i}" for i in range(8)])
+    loss_fn = DalipLoss()
+    whole, split = model, copy.deepcopy(model)
+    for m in (whole, split):
+        m.train()
+        for module in m.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+    loss = loss_fn(whole(images, texts))["loss"]
+    loss.backward()
+    terms = accumulate(
+        split, split, loss_fn, [(images[:4], texts[:4]), (images[4:], texts[4:])], lambda value: value.backward()
+    )
+    torch.testing.assert_close(terms["loss"], loss.detach())
+    for (name, a), b in zip(whole.named_parameters(), split.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    if variant == "reference":  # in train mode, BatchNorm counts one update per micro-batch, not two
+        counted = copy.deepcopy(model).train()
+        accumulate(counted, counted, loss_fn, [(images[:4], texts[:4]), (images[4:], texts[4:])], lambda v: None)
+        assert int(counted.image_mbdc.reduce[1].num_batches_tracked) == 2 * 4  # 2 micro-batches x 4 heads
