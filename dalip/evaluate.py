@@ -1,4 +1,5 @@
-"""Zero-shot evaluation of a DALIP checkpoint: top-1/top-5 scored by ``f``, ``z`` or ``lambda1 f + lambda2 z``.
+"""Zero-shot evaluation of a DALIP checkpoint: top-1/top-5 scored by ``f``, ``z`` or ``lambda1 f + lambda2 z``;
+with ``--suite``, every dataset of a paper's table that is present locally (:mod:`dalip.suite`).
 
 Class texts are the 80 OpenAI ImageNet templates, averaged per class (open_clip's
 ``build_zero_shot_classifier``). Images and classes come from a folder-per-class tree, or from the taxa of a
@@ -37,6 +38,7 @@ from dalip.data import (
     resolve_shard,
 )
 from dalip.model import DalipModel
+from dalip.suite import load_suite, open_dataset, table
 from dalip.tiny import register_tiny_model
 
 log = logging.getLogger("dalip.evaluate")
@@ -160,6 +162,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--classes", help="folder-per-class image tree")
     src.add_argument("--manifest", help="PlantMix manifest; classes are its held-out taxa (or --taxa)")
+    src.add_argument("--suite", help="a suite YAML (manifests/eval/dalip-paper.yaml): every dataset found locally")
+    p.add_argument("--data-root", default=".", help="with --suite: the folder its relative dataset roots are in")
     p.add_argument("--taxa", nargs="+", help="with --manifest: the taxa to classify among")
     p.add_argument("--score", choices=("f", "z", "both"), default="both", help="which score the top-level fields use")
     p.add_argument("--lambdas", type=float, nargs=2, default=(1.0, 1.0), metavar=("L1", "L2"))
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     model, preprocess, tokenizer, model_name = load_model(args.checkpoint, args.model, args.pretrained, args.device)
+    if args.suite:
+        return _run_suite(args, model, preprocess, tokenizer, model_name)
     if args.classes:
         classnames, dataset = folder_dataset(args.classes, preprocess)
     else:
@@ -207,3 +213,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
+
+
+def _run_suite(args: argparse.Namespace, model: DalipModel, preprocess: Any, tokenizer: Any, model_name: str) -> dict:
+    """Every dataset of the suite whose files are here; the paper's table layout printed, JSON returned."""
+    suite = load_suite(args.suite)
+    results, skipped = {}, []
+    for dataset in suite.datasets:
+        try:
+            classnames, images = open_dataset(suite, dataset, Path(args.data_root), preprocess)
+        except FileNotFoundError as exc:
+            log.info("skipping %s", exc)
+            skipped.append(dataset.name)
+            continue
+        log.info("%s: %d classes, %d images", dataset.name, len(classnames), len(images))
+        results[dataset.name] = zero_shot(
+            model, tokenizer, classnames, images, tuple(args.lambdas), TEMPLATES[args.templates], args.batch_size,
+            args.device,
+        )  # fmt: skip
+    rendered = table(suite, results, skipped)
+    print(rendered)
+    report = {"suite": suite.name, "checkpoint": args.checkpoint, "model": model_name, "lambdas": list(args.lambdas),
+              "templates": args.templates, "results": results, "skipped": skipped, "paper": suite.paper,
+              "table": rendered}  # fmt: skip
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    return report

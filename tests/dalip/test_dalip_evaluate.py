@@ -127,3 +127,48 @@ def test_retrieval_cli_on_a_manifest(tmp_path) -> None:
     assert report["num_pairs"] == 16 and set(report["results"]) == {"f", "z", "both"}
     assert 0.0 <= report["results"]["both"]["image_to_text_R@10"] <= 1.0
     assert json.loads((tmp_path / "r.json").read_text())["results"] == report["results"]
+
+
+def test_the_suite_runs_the_datasets_present_and_prints_the_papers_layout(tmp_path) -> None:
+    """Two folder datasets present (one with a class-name map), torchvision ones absent: the table has f, z,
+    f+z per dataset, the means over what ran and the paper's numbers; the rest is listed as skipped."""
+    from dalip.suite import load_suite, open_dataset
+    from tests.dalip.conftest import write_dataset
+
+    data = write_dataset(tmp_path / "data", n_shards=1, per_shard=16)
+    train_main(["--manifest", str(data), "--output-dir", str(tmp_path / "run"), "--model", "DALIP-Tiny",
+                "--batch-size", "8", "--max-steps", "1", "--precision", "fp32", "--workers", "0",
+                "--mbdc-dim", "6"])  # fmt: skip
+    root = tmp_path / "eval"
+    for folder, classes in (("plants", ["0001", "0002"]), ("things", ["red_thing", "blue_thing"])):
+        for k, name in enumerate(classes):
+            (root / folder / name).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((32, 32, 3), 40 * k + i, np.uint8)).save(root / folder / name / f"{i}.png")
+    (tmp_path / "names.csv").write_text("folder,name\n0001,Quercus robur\n0002,Iris tectorum\n")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "name: t\npaper: {DALIP: {things: 50.0, cifar100: 60.0, plants: 90.0}}\ndatasets:\n"
+        "  - {name: things, domain: general, kind: folder, root: things}\n"
+        "  - {name: cifar100, domain: general, kind: cifar100, root: cifar100}\n"
+        "  - {name: plants, domain: plant, kind: folder, root: plants, classnames: names.csv}\n"
+    )
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "step_00000001.pt")
+    report = main(["--checkpoint", checkpoint, "--suite", str(suite), "--data-root", str(root), "--batch-size", "4"])
+    assert set(report["results"]) == {"things", "plants"} and report["skipped"] == ["cifar100"]
+    assert set(report["results"]["plants"]) == {"f", "z", "both"}
+    lines = report["table"].splitlines()
+    assert lines[0].split() == ["dataset", "domain", "f", "z", "f+z", "paper", "DALIP"]
+    assert lines[2].split()[:2] == ["cifar100", "general"] and lines[2].split()[2:5] == ["-", "-", "-"]
+    general_mean = next(line for line in lines if line.startswith("general mean (1/2)"))
+    assert general_mean.split()[-1] == "55.0"  # the paper's mean over its general sets
+    assert lines[-1] == "skipped (files not found): cifar100"
+    parsed = load_suite(suite)
+    assert open_dataset(parsed, parsed.datasets[2], root, None)[0] == ["Quercus robur", "Iris tectorum"]
+    assert open_dataset(parsed, parsed.datasets[0], root, None)[0] == ["blue thing", "red thing"]
+    assert [d.name for d in load_suite(ROOT_SUITE).datasets][-5:] == [
+        "plantnet", "fungi", "plantvillage", "medicinal_leaf", "plantdoc",
+    ]  # fmt: skip
+
+
+ROOT_SUITE = Path(__file__).resolve().parents[2] / "manifests" / "eval" / "dalip-paper.yaml"
