@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import logging
 import posixpath
 import random
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import braceexpand
 import fsspec
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -57,6 +59,53 @@ class ManifestSelection:
     @property
     def num_samples(self) -> int:
         return len(self.captions)
+
+    def caption_of(self, sample: dict[str, Any]) -> str | None:
+        """The sample's caption when its row is kept, else None (the shard holds rows the manifest dropped)."""
+        return self.captions.get((sample["__url__"], sample["__key__"]))
+
+
+@dataclass
+class ReleaseSelection:
+    """A published release's shards: every sample is selected, its caption is in the shard itself (``.txt``, or
+    a ``caption_variants`` key of its ``.json``), and ``sizes.json`` gives the count, as open_clip reads it. Nothing
+    is held per row."""
+
+    shards: list[str]
+    num_samples: int
+    caption_source: str = COL_CAPTION
+    caption_fallbacks: int = 0
+
+    def caption_of(self, sample: dict[str, Any]) -> str | None:
+        if self.caption_source != COL_CAPTION and "json" in sample:
+            variants = json.loads(sample["json"]).get(COL_CAPTION_VARIANTS) or {}
+            if variants.get(self.caption_source):
+                return variants[self.caption_source]
+        text = sample.get("txt")
+        return text.decode("utf-8").strip() if isinstance(text, bytes) else None
+
+
+def read_release(train_data: str, caption: str = COL_CAPTION, num_samples: int | None = None) -> ReleaseSelection:
+    """``train_data`` as open_clip takes it (``dir/{00000..00012}.tar``, brace-expanded; ``::`` joins several);
+    the sample count from ``num_samples`` or the shards' ``sizes.json`` (open_clip's ``get_dataset_size``)."""
+    shards = [url for part in train_data.split("::") for url in braceexpand.braceexpand(part)]
+    missing = [url for url in shards if not fsspec.core.url_to_fs(url)[0].exists(fsspec.core.url_to_fs(url)[1])]
+    if missing:
+        raise FileNotFoundError(f"--train-data: shard(s) not found: {missing[:5]}")
+    if num_samples is None:
+        counts: dict[str, int] = {}
+        for folder in sorted({posixpath.dirname(url) for url in shards}):
+            sizes = posixpath.join(folder, "sizes.json")
+            fs, path = fsspec.core.url_to_fs(sizes)
+            if not fs.exists(path):
+                raise FileNotFoundError(f"--train-data: {sizes} not found; give --train-num-samples")
+            with fs.open(path, "rb") as f:
+                counts.update({posixpath.join(folder, name): n for name, n in json.loads(f.read()).items()})
+        unknown = [url for url in shards if url not in counts]
+        if unknown:
+            raise ValueError(f"--train-data: sizes.json does not list {unknown[:5]}")
+        num_samples = sum(counts[url] for url in shards)
+    return ReleaseSelection(shards, int(num_samples), caption)
 
 
 def manifest_files(manifest: str | Path | Sequence[str | Path]) -> list[tuple[Any, str]]:
@@ -148,7 +197,7 @@ class ShardStream(IterableDataset):
 
     def __init__(
         self,
-        selection: ManifestSelection,
+        selection: ManifestSelection | ReleaseSelection,
         preprocess: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
         batch_size: int,
@@ -224,7 +273,7 @@ class ShardStream(IterableDataset):
             position, yielded = 0, 0
             for sample in read_shards(order[slot::slots] if by_shard else order):
                 if "__error__" not in sample:
-                    caption = self.selection.captions.get((sample["__url__"], sample["__key__"]))
+                    caption = self.selection.caption_of(sample)
                     if caption is None:
                         sample = {"__unselected__": True}
                     else:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from dalip.bdc import VARIANTS, MbdcConfig
 from dalip.checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
-from dalip.data import ShardStream, StreamStats, make_loader, read_manifest
+from dalip.data import ShardStream, StreamStats, make_loader, read_manifest, read_release
 from dalip.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from dalip.loss import LOSS_VARIANTS, DalipLoss
 from dalip.model import DalipModel
@@ -39,7 +39,7 @@ PRECISIONS = ("amp", "amp_bf16", "fp32")
 
 @dataclass
 class TrainConfig:
-    manifest: list[str]  # Parquet file(s), directories or fsspec URLs
+    manifest: list[str] | None  # Parquet file(s), directories or fsspec URLs (or train_data)
     output_dir: str
     model: str = "ViT-B-16"  # any open_clip model name, or DALIP-Tiny
     pretrained: str | None = None  # open_clip tag (e.g. "openai") or a local checkpoint path; None = random init
@@ -67,6 +67,8 @@ class TrainConfig:
     gather_with_grad: bool = False
     device: str | None = None
     keep_last: int | None = None  # checkpoints kept (the newest); None = all
+    train_data: str | None = None  # a release's shards, "dir/{00000..00012}.tar" (open_clip's form), not a manifest
+    train_num_samples: int | None = None  # with train_data: the sample count; None = the shards' sizes.json
     accum_freq: int = 1  # micro-batches per step: the contrastive loss sees accum_freq x batch_size per rank
     grad_checkpointing: bool = False  # recompute the towers' activations in backward (open_clip's)
 
@@ -75,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.loss_variant not in LOSS_VARIANTS:
             raise ValueError(f"loss variant must be one of {LOSS_VARIANTS}, got {self.loss_variant!r}")
+        if bool(self.manifest) == bool(self.train_data):
+            raise ValueError("give --manifest or --train-data (a release's shards), one of them")
         if self.accum_freq < 1:
             raise ValueError(f"accum_freq must be at least 1, got {self.accum_freq}")
         if self.keep_last is not None and self.keep_last < 1:
@@ -127,7 +131,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.grad_checkpointing:
         model.clip.set_grad_checkpointing(True)
     tokenizer = open_clip.get_tokenizer(cfg.model)
-    selection = read_manifest(cfg.manifest, cfg.caption)
+    if cfg.train_data:
+        selection = read_release(cfg.train_data, cfg.caption, cfg.train_num_samples)
+    else:
+        selection = read_manifest(cfg.manifest, cfg.caption)
     steps_per_epoch = selection.num_samples // (cfg.batch_size * cfg.accum_freq * info.world_size)
     if steps_per_epoch == 0:
         raise ValueError(
@@ -351,7 +358,11 @@ def _resume(cfg: TrainConfig, out_dir: Path, info: DistInfo, model, optimizer, s
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m dalip.train", description=__doc__)
-    p.add_argument("--manifest", nargs="+", required=True)
+    p.add_argument("--manifest", nargs="+", help="PlantMix manifest(s): the kept rows are trained on")
+    p.add_argument(
+        "--train-data", help="a release's shards, e.g. 'release/shards/{00000..00012}.tar' (with sizes.json)"
+    )
+    p.add_argument("--train-num-samples", type=int, default=None, help="with --train-data, instead of sizes.json")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--model", default="ViT-B-16")
     p.add_argument("--pretrained", default=None, help="open_clip tag (openai, ...) or local checkpoint path")

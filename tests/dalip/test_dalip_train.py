@@ -226,3 +226,48 @@ def test_accumulating_two_micro_batches_gives_the_gradients_of_one_batch_of_both
         counted = copy.deepcopy(model).train()
         accumulate(counted, counted, loss_fn, [(images[:4], texts[:4]), (images[4:], texts[4:])], lambda v: None)
         assert int(counted.image_mbdc.reduce[1].num_batches_tracked) == 2 * 4  # 2 micro-batches x 4 heads
+
+
+def _release(folder: Path, shards: int = 2, per_shard: int = 16) -> Path:
+    """Release-layout shards: <key>.jpg, <key>.txt (the caption), <key>.json (metadata with caption_variants)."""
+    import io
+
+    import numpy as np
+    import webdataset as wds
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for s in range(shards):
+        with wds.TarWriter(str(folder / f"{s:05d}.tar")) as sink:
+            for i in range(per_shard):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, format="JPEG")
+                name = f"Plantae species {s * per_shard + i}"
+                sink.write({"__key__": f"{s:05d}{i:04d}", "jpg": buf.getvalue(), "txt": f"a photo of {name}.",
+                            "json": json.dumps({"caption_variants": {"dalip": f"{name}."}}).encode()})  # fmt: skip
+    (folder / "sizes.json").write_text(json.dumps({f"{s:05d}.tar": per_shard for s in range(shards)}))
+    return folder
+
+
+def test_training_reads_a_release_by_its_shards_and_sizes_json(tmp_path: Path) -> None:
+    from dalip.data import read_release
+
+    shards = _release(tmp_path / "release" / "shards")
+    pattern = str(shards / "{00000..00001}.tar")
+    selection = read_release(pattern, "dalip")
+    assert selection.num_samples == 32 and len(selection.shards) == 2
+    assert selection.caption_of({"txt": b"plain.", "json": b'{"caption_variants": {"dalip": "Variant."}}'}) == (
+        "Variant."
+    )
+    assert read_release(pattern).caption_of({"txt": b" a photo. "}) == "a photo."
+    args = ["--output-dir", str(tmp_path / "run"), "--model", "DALIP-Tiny", "--batch-size", "8", "--epochs", "2",
+            "--precision", "fp32", "--workers", "0", "--mbdc-dim", "6", "--warmup", "1"]  # fmt: skip
+    summary = main(["--train-data", pattern, "--caption", "dalip", *args])
+    assert summary["total_steps"] == 2 * (32 // 8) and summary["step"] == 8 and math.isfinite(summary["loss"])
+    (shards / "sizes.json").unlink()
+    with pytest.raises(FileNotFoundError, match="sizes.json not found; give --train-num-samples"):
+        main(["--train-data", pattern, *args])
+    assert main(["--train-data", pattern, "--train-num-samples", "16", "--max-steps", "1", *args])["total_steps"] == 4
+    with pytest.raises(ValueError, match="give --manifest or --train-data"):
+        main(args)
