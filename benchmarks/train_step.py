@@ -50,6 +50,8 @@ def _setup(spec: dict[str, Any], variants: tuple[str, ...]) -> tuple[dict[str, A
     torch.manual_seed(0)
     base_rss = _rss_mb()
     clip, _, _ = open_clip.create_model_and_transforms(spec["model"], device=device)
+    if spec.get("grad_checkpointing"):
+        clip.set_grad_checkpointing(True)  # both variants: DALIP wraps this very module
     image = torch.randn(spec["batch_size"], 3, *clip.visual.image_size, device=device)
     captions = [f"Plantae species {i}, commonly known as plant number {i}." for i in range(spec["batch_size"])]
     text = open_clip.get_tokenizer(spec["model"])(captions).to(device)
@@ -124,7 +126,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def compare(args: argparse.Namespace, model: str, batch_size: int) -> dict[str, Any]:
     spec = {"model": model, "batch_size": batch_size, "mbdc_dim": args.mbdc_dim or DEFAULT_MBDC_DIM.get(model, 46),
-            "mbdc_hidden": args.mbdc_hidden, "warmup": args.warmup, "rounds": args.rounds}  # fmt: skip
+            "mbdc_hidden": args.mbdc_hidden, "warmup": args.warmup, "rounds": args.rounds,
+            "grad_checkpointing": args.grad_checkpointing}  # fmt: skip
     timing = _child({**spec, "mode": "time"})
     mem = {v: _child({**spec, "mode": v})["peak_mem_mb"] for v in ("clip", "dalip")}
     summary = {**spec, **timing, "mem_clip_mb": mem["clip"], "mem_dalip_mb": mem["dalip"],
@@ -146,6 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--mbdc-dim", type=int, default=None, help="MBDC reduced dim for every model (default: 46)")
     p.add_argument("--mbdc-hidden", type=int, default=None, help="MBDC linear width (default: BDC width, reference)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="open_clip activation checkpointing (both)")
     args = p.parse_args(argv)
     if len(args.batch_sizes) != len(args.models):
         p.error("give one --batch-sizes value per --models entry")
