@@ -85,27 +85,54 @@ class ReleaseSelection:
         return text.decode("utf-8").strip() if isinstance(text, bytes) else None
 
 
-def read_release(train_data: str, caption: str = COL_CAPTION, num_samples: int | None = None) -> ReleaseSelection:
+def read_release(
+    train_data: str,
+    caption: str = COL_CAPTION,
+    num_samples: int | None = None,
+    upsampling: Sequence[float] | None = None,
+    seed: int = 0,
+) -> ReleaseSelection:
     """``train_data`` as open_clip takes it (``dir/{00000..00012}.tar``, brace-expanded; ``::`` joins several);
-    the sample count from ``num_samples`` or the shards' ``sizes.json`` (open_clip's ``get_dataset_size``)."""
-    shards = [url for part in train_data.split("::") for url in braceexpand.braceexpand(part)]
-    missing = [url for url in shards if not fsspec.core.url_to_fs(url)[0].exists(fsspec.core.url_to_fs(url)[1])]
+    the sample count from ``num_samples`` or the shards' ``sizes.json`` (open_clip's ``get_dataset_size``).
+
+    ``upsampling``: one weight per ``::`` part (open_clip's ``--train-data-upsampling-factors``): a part's shards
+    are listed ``floor(w)`` times, plus a seeded ``w - floor(w)`` share of them, so an epoch draws each release in
+    proportion to ``size x w``; the sample count follows.
+    """
+    parts = [list(braceexpand.braceexpand(part)) for part in train_data.split("::")]
+    if upsampling is not None and len(upsampling) != len(parts):
+        raise ValueError(f"--train-data has {len(parts)} part(s) but {len(upsampling)} upsampling factor(s)")
+    if upsampling is not None and any(w <= 0 for w in upsampling):
+        raise ValueError(f"upsampling factors must be positive, got {list(upsampling)}")
+    distinct = [url for part in parts for url in part]
+    missing = [url for url in distinct if not fsspec.core.url_to_fs(url)[0].exists(fsspec.core.url_to_fs(url)[1])]
     if missing:
         raise FileNotFoundError(f"--train-data: shard(s) not found: {missing[:5]}")
+    shards = []
+    rng = random.Random(f"{seed}/upsampling")
+    for part, weight in zip(parts, upsampling or [1.0] * len(parts), strict=True):
+        whole, share = int(weight), weight - int(weight)
+        shards += part * whole + sorted(rng.sample(part, round(share * len(part))))
     if num_samples is None:
-        counts: dict[str, int] = {}
-        for folder in sorted({posixpath.dirname(url) for url in shards}):
-            sizes = posixpath.join(folder, "sizes.json")
-            fs, path = fsspec.core.url_to_fs(sizes)
-            if not fs.exists(path):
-                raise FileNotFoundError(f"--train-data: {sizes} not found; give --train-num-samples")
-            with fs.open(path, "rb") as f:
-                counts.update({posixpath.join(folder, name): n for name, n in json.loads(f.read()).items()})
-        unknown = [url for url in shards if url not in counts]
-        if unknown:
-            raise ValueError(f"--train-data: sizes.json does not list {unknown[:5]}")
+        counts = _shard_sizes(distinct)
         num_samples = sum(counts[url] for url in shards)
     return ReleaseSelection(shards, int(num_samples), caption)
+
+
+def _shard_sizes(shards: list[str]) -> dict[str, int]:
+    """Samples per shard from the ``sizes.json`` beside the shards."""
+    counts: dict[str, int] = {}
+    for folder in sorted({posixpath.dirname(url) for url in shards}):
+        sizes = posixpath.join(folder, "sizes.json")
+        fs, path = fsspec.core.url_to_fs(sizes)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"--train-data: {sizes} not found; give --train-num-samples")
+        with fs.open(path, "rb") as f:
+            counts.update({posixpath.join(folder, name): n for name, n in json.loads(f.read()).items()})
+    unknown = [url for url in shards if url not in counts]
+    if unknown:
+        raise ValueError(f"--train-data: sizes.json does not list {unknown[:5]}")
+    return counts
 
 
 def manifest_files(manifest: str | Path | Sequence[str | Path]) -> list[tuple[Any, str]]:

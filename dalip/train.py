@@ -69,6 +69,7 @@ class TrainConfig:
     keep_last: int | None = None  # checkpoints kept (the newest); None = all
     train_data: str | None = None  # a release's shards, "dir/{00000..00012}.tar" (open_clip's form), not a manifest
     train_num_samples: int | None = None  # with train_data: the sample count; None = the shards' sizes.json
+    train_data_upsampling_factors: list[float] | None = None  # with train_data: one weight per "::" part
     accum_freq: int = 1  # micro-batches per step: the contrastive loss sees accum_freq x batch_size per rank
     grad_checkpointing: bool = False  # recompute the towers' activations in backward (open_clip's)
 
@@ -132,7 +133,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.clip.set_grad_checkpointing(True)
     tokenizer = open_clip.get_tokenizer(cfg.model)
     if cfg.train_data:
-        selection = read_release(cfg.train_data, cfg.caption, cfg.train_num_samples)
+        selection = read_release(
+            cfg.train_data, cfg.caption, cfg.train_num_samples, cfg.train_data_upsampling_factors, cfg.seed
+        )
     else:
         selection = read_manifest(cfg.manifest, cfg.caption)
     steps_per_epoch = selection.num_samples // (cfg.batch_size * cfg.accum_freq * info.world_size)
@@ -363,6 +366,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         "--train-data", help="a release's shards, e.g. 'release/shards/{00000..00012}.tar' (with sizes.json)"
     )
     p.add_argument("--train-num-samples", type=int, default=None, help="with --train-data, instead of sizes.json")
+    p.add_argument("--train-data-upsampling-factors", type=float, nargs="+", default=None,
+                   help="with --train-data a::b: one weight per part, e.g. 1 2 draws b twice as often")  # fmt: skip
     p.add_argument("--output-dir", required=True)
     p.add_argument("--model", default="ViT-B-16")
     p.add_argument("--pretrained", default=None, help="open_clip tag (openai, ...) or local checkpoint path")

@@ -271,3 +271,23 @@ def test_training_reads_a_release_by_its_shards_and_sizes_json(tmp_path: Path) -
     assert main(["--train-data", pattern, "--train-num-samples", "16", "--max-steps", "1", *args])["total_steps"] == 4
     with pytest.raises(ValueError, match="give --manifest or --train-data"):
         main(args)
+
+
+def test_two_releases_are_weighted_by_their_upsampling_factors(tmp_path: Path) -> None:
+    from dalip.data import read_release
+
+    plant = _release(tmp_path / "plant" / "shards", shards=4, per_shard=8)
+    general = _release(tmp_path / "general" / "shards", shards=2, per_shard=8)
+    data = f"{plant}/{{00000..00003}}.tar::{general}/{{00000..00001}}.tar"
+    even = read_release(data)
+    assert even.num_samples == 48 and len(even.shards) == 6
+    weighted = read_release(data, upsampling=[0.5, 2.0], seed=3)
+    assert weighted.num_samples == 2 * 8 + 2 * 2 * 8  # half of the plant shards, the general ones twice
+    assert sum(url.startswith(str(general)) for url in weighted.shards) == 4
+    assert read_release(data, upsampling=[0.5, 2.0], seed=3).shards == weighted.shards  # seeded
+    with pytest.raises(ValueError, match="2 part\\(s\\) but 1 upsampling factor"):
+        read_release(data, upsampling=[2.0])
+    summary = main(["--train-data", data, "--train-data-upsampling-factors", "0.5", "2", "--output-dir",
+                    str(tmp_path / "run"), "--model", "DALIP-Tiny", "--batch-size", "8", "--precision", "fp32",
+                    "--workers", "0", "--mbdc-dim", "6", "--max-steps", "2"])  # fmt: skip
+    assert summary["total_steps"] == 48 // 8
