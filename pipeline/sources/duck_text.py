@@ -14,6 +14,8 @@ declared encoding, missing columns), so every file-level message is the one ``te
 
 from __future__ import annotations
 
+import collections
+
 from collections.abc import Sequence
 
 import duckdb
@@ -113,8 +115,7 @@ def load_records(
 
 def _raise_file_error(path: str, delimiter: str, duckdb_message: str) -> None:
     """Raise the Python reader's error for this file (it names line and bytes); DuckDB's if Python reads it."""
-    for _ in read_table(path, required=(), delimiter=delimiter):
-        pass
+    collections.deque(read_table(path, required=(), delimiter=delimiter), maxlen=0)  # read it all: it raises
     raise SourceError(f"{path}: cannot read as delimited text: {duckdb_message.splitlines()[0][:300]}")
 
 
