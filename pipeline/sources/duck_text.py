@@ -15,7 +15,6 @@ declared encoding, missing columns), so every file-level message is the one ``te
 from __future__ import annotations
 
 import collections
-
 from collections.abc import Sequence
 
 import duckdb
