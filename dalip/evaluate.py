@@ -156,9 +156,7 @@ def zero_shot(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dalip.evaluate", description=__doc__)
-    p.add_argument("--checkpoint", help="a dalip.train checkpoint (.pt)")
-    p.add_argument("--model", help="without --checkpoint: an open_clip model name")
-    p.add_argument("--pretrained", help="without --checkpoint: open_clip tag or local weights")
+    add_model_arguments(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--classes", help="folder-per-class image tree")
     src.add_argument("--manifest", help="PlantMix manifest; classes are its held-out taxa (or --taxa)")
@@ -166,12 +164,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", default=".", help="with --suite: the folder its relative dataset roots are in")
     p.add_argument("--taxa", nargs="+", help="with --manifest: the taxa to classify among")
     p.add_argument("--score", choices=("f", "z", "both"), default="both", help="which score the top-level fields use")
-    p.add_argument("--lambdas", type=float, nargs=2, default=(1.0, 1.0), metavar=("L1", "L2"))
     p.add_argument("--templates", choices=tuple(TEMPLATES), default="openai")
+    return p.parse_args(argv)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every evaluation entry point shares: which model, how to score, where to run and write."""
+    p.add_argument("--checkpoint", help="a dalip.train checkpoint (.pt)")
+    p.add_argument("--model", help="without --checkpoint: an open_clip model name")
+    p.add_argument("--pretrained", help="without --checkpoint: open_clip tag or local weights")
+    p.add_argument("--lambdas", type=float, nargs=2, default=(1.0, 1.0), metavar=("L1", "L2"))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output", help="write the JSON here too")
-    return p.parse_args(argv)
+
+
+def write_report(report: dict[str, Any], output: str | None, printed: str | None = None) -> dict[str, Any]:
+    """Print ``printed`` (default: the report as JSON) and write the JSON to ``output`` when given."""
+    text = json.dumps(report, indent=2)
+    print(printed if printed is not None else text)
+    if output:
+        Path(output).write_text(text + "\n")
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -204,11 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "top5": results[args.score]["top5"],
         "results": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return report
+    return write_report(report, args.output)
 
 
 if __name__ == "__main__":
@@ -232,10 +242,7 @@ def _run_suite(args: argparse.Namespace, model: DalipModel, preprocess: Any, tok
             args.device,
         )  # fmt: skip
     rendered = table(suite, results, skipped)
-    print(rendered)
     report = {"suite": suite.name, "checkpoint": args.checkpoint, "model": model_name, "lambdas": list(args.lambdas),
               "templates": args.templates, "results": results, "skipped": skipped, "paper": suite.paper,
               "table": rendered}  # fmt: skip
-    if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return write_report(report, args.output, printed=rendered)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from open_clip_train.train import get_clip_metrics
 from PIL import Image
 
 from dalip.data import IMAGE_EXTENSIONS, read_manifest, read_shards
-from dalip.evaluate import load_model
+from dalip.evaluate import add_model_arguments, load_model, write_report
 from dalip.model import DalipModel
 
 log = logging.getLogger("dalip.retrieval")
@@ -85,16 +84,10 @@ def retrieval_metrics(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dalip.retrieval", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", help="a dalip.train checkpoint (.pt)")
-    p.add_argument("--model", help="without --checkpoint: an open_clip model name")
-    p.add_argument("--pretrained", help="without --checkpoint: open_clip tag or local weights")
+    add_model_arguments(p)
     p.add_argument("--manifest", required=True, help="held-out PlantMix manifest (its kept rows are the pairs)")
     p.add_argument("--caption", default="caption", help="'caption' or a caption_variants key")
     p.add_argument("--limit", type=int, default=None, help="at most this many pairs (the first, shard order)")
-    p.add_argument("--lambdas", type=float, nargs=2, default=(1.0, 1.0), metavar=("L1", "L2"))
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--output", help="write the JSON here too")
     return p.parse_args(argv)
 
 
@@ -106,11 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = retrieval_metrics(model, tokenizer, pairs, tuple(args.lambdas), args.batch_size, args.device)
     report = {"checkpoint": args.checkpoint, "model": model_name, "manifest": args.manifest, "caption": args.caption,
               "num_pairs": len(pairs), "lambdas": list(args.lambdas), "results": results}  # fmt: skip
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return report
+    return write_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,14 @@ def connect(config: DuckDBConfig | None = None, *urls: str) -> duckdb.DuckDBPyCo
     return con
 
 
-def spill_directory(config: DuckDBConfig | None = None) -> str:
-    """Where DuckDB spills joins and sorts: the recipe's ``temp_directory``, or PlantMix's folder in the system temp."""
+def spill_directory(config: DuckDBConfig | None = None, create: bool = False) -> str:
+    """Where DuckDB spills joins and sorts: the recipe's ``temp_directory``, or PlantMix's folder in the system temp
+    (made when ``create``: adapters keep their scratch files there too)."""
     config = config or DuckDBConfig()
-    return config.temp_directory or os.path.join(tempfile.gettempdir(), "plantmix-duckdb")
+    folder = config.temp_directory or os.path.join(tempfile.gettempdir(), "plantmix-duckdb")
+    if create:
+        os.makedirs(folder, exist_ok=True)
+    return folder
 
 
 def register_filesystems(con: duckdb.DuckDBPyConnection, *urls: str) -> None:

@@ -11,9 +11,11 @@ names the file, the row and the field. Problems with a whole file raise :class:`
 from __future__ import annotations
 
 import dataclasses
+import glob
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -103,6 +105,26 @@ def reject(partial: dict[str, Any], field: str, message: str) -> dict[str, Any]:
         partial["status"] = STATUS_REJECTED
         partial["error"] = f"{location(partial, field)}: {message}"
     return partial
+
+
+# What a pre-downloaded dataset (webdataset_shards, parquet_images) can fill from its own fields, by recipe mapping.
+MAPPABLE_FIELDS = ("source_record_id", "original_text", "scientific_name", "common_name", "taxon_rank", "taxonomy",
+                   "license", "rights_holder", "page_url")  # fmt: skip
+
+
+def local_files(path: str, suffix: str, what: str = "files") -> list[Path]:
+    """The files ``path`` names, resolved and sorted: a folder's ``*<suffix>`` files, a glob's matches, or the one
+    file; ``SourceError`` when there is none (a local source's inputs, e.g. its shards)."""
+    folder = Path(path)
+    if folder.is_dir():
+        found = sorted(p for p in folder.iterdir() if p.suffix == suffix and p.is_file())
+    elif any(c in path for c in "*?["):
+        found = sorted(Path(p) for p in glob.glob(path))
+    else:
+        found = [folder]
+    if not found:
+        raise SourceError(f"{path}: no {suffix} {what} there")
+    return [p.resolve() for p in found]
 
 
 def batches_of(rows: Iterable[dict], batch_rows: int) -> Iterator[pa.RecordBatch]:

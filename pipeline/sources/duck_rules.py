@@ -64,20 +64,38 @@ def repr_sql(expr: str) -> str:
 
 def strip_sql(expr: str) -> str:
     """Python's ``value.strip()`` (DuckDB's trim strips spaces only; other whitespace goes to Python)."""
-    return f"CASE WHEN regexp_full_match({expr}, {_ASCII_PRINTABLE}) THEN trim({expr}) ELSE py_strip({expr}) END"
+    return _ascii_or_python(expr, f"trim({expr})", "py_strip")
 
 
 def clean_sql(expr: str) -> str:
     """``" ".join(value.split())`` (whitespace runs collapsed, ends stripped) of a non-NULL ``expr``."""
-    return (
-        f"CASE WHEN regexp_full_match({expr}, {_ASCII_PRINTABLE}) THEN regexp_replace(trim({expr}), ' +', ' ', 'g') "
-        f"ELSE py_clean({expr}) END"
-    )
+    return _ascii_or_python(expr, f"regexp_replace(trim({expr}), ' +', ' ', 'g')", "py_clean")
 
 
 def lower_sql(expr: str) -> str:
     """Python's ``value.lower()``."""
-    return f"CASE WHEN regexp_full_match({expr}, {_ASCII_PRINTABLE}) THEN lower({expr}) ELSE py_lower({expr}) END"
+    return _ascii_or_python(expr, f"lower({expr})", "py_lower")
+
+
+def _ascii_or_python(expr: str, ascii_sql: str, udf: str) -> str:
+    """``ascii_sql`` where ``expr`` is printable ASCII (SQL and Python agree there), else the Python UDF."""
+    return f"CASE WHEN regexp_full_match({expr}, {_ASCII_PRINTABLE}) THEN {ascii_sql} ELSE {udf}({expr}) END"
+
+
+def list_sql(values: Sequence[str]) -> str:
+    """A DuckDB list literal of strings."""
+    return "[" + ", ".join(literal(v) for v in values) + "]"
+
+
+def rewrite_sql(url_sql: str, rewrites: dict[str, str]) -> str:
+    """:func:`pipeline.sources.base.rewrite_url` in SQL: the longest matching prefix is replaced."""
+    expr = url_sql
+    for prefix, replacement in sorted(rewrites.items(), key=lambda kv: len(kv[0])):  # the longest ends outermost
+        expr = (
+            f"CASE WHEN starts_with({url_sql}, {literal(prefix)}) "
+            f"THEN {literal(replacement)} || ({url_sql})[{len(prefix) + 1}:] ELSE {expr} END"
+        )
+    return expr
 
 
 def url_check_sql(expr: str, schemes: Sequence[str]) -> str:

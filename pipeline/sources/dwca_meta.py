@@ -272,3 +272,24 @@ def _index(element: ET.Element, where: str) -> int:
     return _int(
         element.get("index", ""), f"{where} <{element.tag.removeprefix(NS)} term={element.get('term')!r}>", "index"
     )
+
+
+def short_core_row(label: str, number: int, line: int, core: FileSpec, found: int) -> SourceError:
+    """A core row too short for its declared terms: every media row joined to the core would be suspect."""
+    return SourceError(
+        f"{label} row {number} (line {line}): expected at least {core.max_index + 1} fields, found {found}"
+    )
+
+
+def repeated_core_id(label: str, number: int, line: int, core: FileSpec, core_id: str) -> SourceError:
+    return SourceError(
+        f"{label} row {number} (line {line}), field id (column {core.id_index}): core id {core_id!r} "
+        "repeats an earlier row; core ids must be unique, or media rows join an occurrence by chance"
+    )
+
+
+def no_media_rows(label: str, media: FileSpec) -> SourceError:
+    return SourceError(
+        f"{label}: no data rows (ignoreHeaderLines={media.skip_lines}); "
+        "a multimedia file without rows gives no image to crawl"
+    )

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -28,11 +28,8 @@ from pipeline.core import duck
 from pipeline.core.duck import literal
 from pipeline.core.schema import CANDIDATE_SCHEMA, TAXONOMY_RANKS
 from pipeline.sources import duck_rules, duck_text
-from pipeline.sources.base import RANK_LEVELS, CrawlContext, SourceError
-from pipeline.sources.dwca_meta import Archive, FileSpec
-
-if TYPE_CHECKING:
-    from pipeline.sources.gbif_dwca import Config
+from pipeline.sources.base import RANK_LEVELS, CrawlContext
+from pipeline.sources.dwca_meta import Archive, FileSpec, no_media_rows, repeated_core_id, short_core_row
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +43,7 @@ def eligible(core: FileSpec, media: FileSpec) -> bool:
 
 
 def read_batches(
-    config: Config,
+    config: Any,
     ctx: CrawlContext,
     archive: Archive,
     core: FileSpec,
@@ -54,11 +51,12 @@ def read_batches(
     terms: tuple[dict[str, str], dict[str, tuple[str, ...]]],
     batch_rows: int = 65_536,
 ) -> Iterator[pa.RecordBatch] | None:
-    """Candidate batches in media-file order, or None when DuckDB cannot read a file cleanly (use Python)."""
+    """Candidate batches in media-file order, or None when DuckDB cannot read a file cleanly (use Python).
+
+    ``config`` is the adapter's :class:`pipeline.sources.gbif_dwca.Config` (not imported: that module imports
+    this one), ``terms`` its occurrence and media term tables."""
     occurrence_terms, media_terms = terms
-    spill = duck.spill_directory(ctx.duckdb)
-    os.makedirs(spill, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="dwca-", dir=spill)
+    work = tempfile.mkdtemp(prefix="dwca-", dir=duck.spill_directory(ctx.duckdb, create=True))
     con = duck.connect(ctx.duckdb, *([] if archive.zip or archive.tar else [str(archive.path)]))
     try:
         for table, spec in (("core_rows", core), ("media_rows", media)):
@@ -136,8 +134,7 @@ def _create_core(con: duckdb.DuckDBPyConnection, archive: Archive, core: FileSpe
     ).fetchall()
     if short:
         number, line, found = short[0]
-        raise SourceError(f"{label} row {number} (line {line}): expected at least {core.max_index + 1} fields, "
-                          f"found {found}")  # fmt: skip
+        raise short_core_row(label, number, line, core, found)
     values = ", ".join(f"{_value_sql(core, uri)} AS {duck_text.ident(name)}" for name, uri in terms.items())
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE core AS SELECT data_row, f[{core.id_index + 1}] AS core_id, {values} "
@@ -149,10 +146,7 @@ def _create_core(con: duckdb.DuckDBPyConnection, archive: Archive, core: FileSpe
     ).fetchall()
     if repeat:
         core_id, number, line = repeat[0]
-        raise SourceError(
-            f"{label} row {number} (line {line}), field id (column {core.id_index}): core id {core_id!r} "
-            "repeats an earlier row; core ids must be unique, or media rows join an occurrence by chance"
-        )
+        raise repeated_core_id(label, number, line, core, core_id)
 
 
 def _create_media(
@@ -169,13 +163,10 @@ def _create_media(
             FROM media_rows"""
     )
     if con.sql("SELECT count(*) FROM media").fetchall()[0][0] == 0:
-        raise SourceError(
-            f"{archive.label(media.location)}: no data rows (ignoreHeaderLines={media.skip_lines}); "
-            "a multimedia file without rows gives no image to crawl"
-        )
+        raise no_media_rows(archive.label(media.location), media)
 
 
-def _create_joined(con: duckdb.DuckDBPyConnection, config: Config) -> None:
+def _create_joined(con: duckdb.DuckDBPyConnection, config: Any) -> None:
     """``joined``: each media row with its occurrence's columns and the partial row ``_candidate`` builds."""
     q = duck_text.ident
     species = _or("c.species", "CASE WHEN coalesce(c.genus, '') <> '' AND coalesce(c.specificEpithet, '') <> '' "
@@ -212,16 +203,13 @@ def _create_joined(con: duckdb.DuckDBPyConnection, config: Config) -> None:
     )
 
 
-def _candidates_sql(config: Config, ctx: CrawlContext, label: str, core_location: str, max_index: int) -> str:
+def _candidates_sql(config: Any, ctx: CrawlContext, label: str, core_location: str, max_index: int) -> str:
     rules = duck_rules
 
     def rule(condition: str, field: str, message: str) -> str:
         return f"WHEN {condition} THEN {rules.located_error_sql(label, 'data_row', field, message)}"
 
-    def listed(values: tuple[str, ...]) -> str:
-        return "[" + ", ".join(literal(v) for v in values) + "]"
-
-    url = _rewrite_sql("url_raw", config.url_rewrite or {})
+    url = rules.rewrite_sql("url_raw", config.url_rewrite or {})
     checks = [
         rule("fields <= max_index", "(row)",
              "'line ' || line || ': expected ' || (max_index + 1) || ' fields, found ' || fields"),
@@ -231,7 +219,8 @@ def _candidates_sql(config: Config, ctx: CrawlContext, label: str, core_location
     if config.kingdoms:
         shown = literal(f" not in [{', '.join(config.kingdoms)}]")
         checks.append(
-            rule(f"found IS NOT NULL AND NOT list_contains({listed(config.kingdoms)}, coalesce(kingdom, chr(0)))",
+            rule(f"found IS NOT NULL AND NOT list_contains({rules.list_sql(config.kingdoms)}, "
+                 "coalesce(kingdom, chr(0)))",
                  "kingdom", f"'taxon filter: kingdom ' || coalesce(nullif(kingdom, ''), '(unknown)') || {shown}")
         )  # fmt: skip
     if config.min_rank is not None:
@@ -243,7 +232,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, label: str, core_location
                  "taxonRank", f"'taxon filter: rank ' || coalesce(taxon_rank, '(unknown)') || {shown}")
         )  # fmt: skip
     if config.basis_of_record:
-        lowered = listed(tuple(b.lower() for b in config.basis_of_record))
+        lowered = rules.list_sql(tuple(b.lower() for b in config.basis_of_record))
         shown = literal(f" not in [{', '.join(config.basis_of_record)}]")
         basis = rules.lower_sql("coalesce(basisOfRecord, '')")
         checks.append(
@@ -259,7 +248,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, label: str, core_location
     )  # fmt: skip
     if config.variants:
         variant = rules.strip_sql("coalesce(\"variant\", '')")
-        lowered = listed(tuple(v.lower() for v in config.variants))
+        lowered = rules.list_sql(tuple(v.lower() for v in config.variants))
         shown = literal(f" not in [{', '.join(config.variants)}]")
         checks.append(
             rule(f"{variant} <> '' AND NOT list_contains({lowered}, {rules.lower_sql(variant)})", "variantLiteral",
@@ -315,14 +304,3 @@ def _candidates_sql(config: Config, ctx: CrawlContext, label: str, core_location
     FROM decided
     ORDER BY data_row
     """
-
-
-def _rewrite_sql(url_sql: str, rewrites: dict[str, str]) -> str:
-    """:func:`pipeline.sources.base.rewrite_url` in SQL: the longest matching prefix is replaced."""
-    expr = url_sql
-    for prefix, replacement in sorted(rewrites.items(), key=lambda kv: len(kv[0])):
-        expr = (
-            f"CASE WHEN starts_with({url_sql}, {literal(prefix)}) "
-            f"THEN {literal(replacement)} || ({url_sql})[{len(prefix) + 1}:] ELSE {expr} END"
-        )
-    return expr

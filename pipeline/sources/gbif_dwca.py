@@ -65,7 +65,7 @@ from pipeline.sources.base import (
     reject,
     rewrite_url,
 )
-from pipeline.sources.dwca_meta import Archive, FileSpec
+from pipeline.sources.dwca_meta import Archive, FileSpec, no_media_rows, repeated_core_id, short_core_row
 from pipeline.sources.textfiles import iter_rows
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class _CoreOnDisk:
     millions), where a dict of them needed ~1 KB each."""
 
     def __init__(self, archive: Archive, core: FileSpec, ctx: CrawlContext) -> None:
-        self.folder = tempfile.mkdtemp(prefix="gbif-core-", dir=_spill_root(ctx))
+        self.folder = tempfile.mkdtemp(prefix="gbif-core-", dir=duck.spill_directory(ctx.duckdb, create=True))
         self.con = duck.connect(ctx.duckdb)
         self.con.execute(f"ATTACH {duck.literal(os.path.join(self.folder, 'core.duckdb'))} AS core_db")
         self.terms = list(OCCURRENCE_TERMS)
@@ -183,8 +183,7 @@ class _CoreOnDisk:
         batch: list[list] = []
         for number, line, fields in _records(archive, core):
             if len(fields) <= core.max_index:
-                where = f"{self.label} row {number} (line {line})"
-                raise SourceError(f"{where}: expected at least {core.max_index + 1} fields, found {len(fields)}")
+                raise short_core_row(self.label, number, line, core, len(fields))
             batch.append([fields[core.id_index], number, line, *(core.value(fields, uri) for uri in
                                                                    OCCURRENCE_TERMS.values())])  # fmt: skip
             if len(batch) == BATCH_ROWS:
@@ -197,10 +196,7 @@ class _CoreOnDisk:
         ).fetchall()
         if repeat:
             core_id, number, line = repeat[0]
-            raise SourceError(
-                f"{self.label} row {number} (line {line}), field id (column {core.id_index}): core id {core_id!r} "
-                "repeats an earlier row; core ids must be unique, or media rows join an occurrence by chance"
-            )
+            raise repeated_core_id(self.label, number, line, core, core_id)
 
     def _insert(self, table: str, names: list[str], rows: list[list]) -> None:
         if not rows:
@@ -229,12 +225,6 @@ class _CoreOnDisk:
     def close(self) -> None:
         self.con.close()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _spill_root(ctx: CrawlContext) -> str:
-    root = duck.spill_directory(ctx.duckdb)
-    os.makedirs(root, exist_ok=True)
-    return root
 
 
 def _taxon(occurrence: dict[str, str | None]) -> dict[str, Any]:
@@ -293,10 +283,7 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
                     problem = ("coreid", f"occurrence {core_id!r} not in {core.location}")
                 yield _candidate(config, ctx, values, occurrence, core_id, (label, number), problem, check_type=True)
         if number == 0:
-            raise SourceError(
-                f"{label}: no data rows (ignoreHeaderLines={media.skip_lines}); "
-                "a multimedia file without rows gives no image to crawl"
-            )
+            raise no_media_rows(label, media)
         without_media = occurrences.without_media()
         if without_media:
             log.info(

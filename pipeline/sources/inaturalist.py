@@ -231,10 +231,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
     def error(field: str, message: str) -> str:
         return rules.located_error_sql(photos_path, "data_row", field, message)
 
-    def listed(values: tuple[str, ...]) -> str:
-        return "[" + ", ".join(literal(v) for v in values) + "]"
-
-    url = _rewrite_sql(
+    url = rules.rewrite_sql(
         f"{literal(config.base_url + '/photos/')} || photo_id || {literal('/' + config.size + '.')} || extension",
         config.url_rewrite or {},
     )
@@ -267,7 +264,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
         shown = literal(f" not in [{', '.join(config.kingdoms)}]")
         rules_sql.append(
             rule(
-                f"kingdom IS NULL OR NOT list_contains({listed(config.kingdoms)}, kingdom)",
+                f"kingdom IS NULL OR NOT list_contains({rules.list_sql(config.kingdoms)}, kingdom)",
                 "taxa.ancestry",
                 f"'taxon filter: kingdom ' || coalesce(kingdom, '(unknown)') || {shown}",
             )
@@ -286,7 +283,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
         shown = literal(f" not in [{', '.join(config.quality_grades)}]")
         rules_sql.append(
             rule(
-                f"NOT list_contains({listed(config.quality_grades)}, quality_grade)",
+                f"NOT list_contains({rules.list_sql(config.quality_grades)}, quality_grade)",
                 "observations.quality_grade",
                 f"'quality grade ' || coalesce(nullif(quality_grade, ''), '(empty)') || {shown}",
             )
@@ -350,14 +347,3 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
 
 def _message(before: str, value_sql: str, after: str) -> str:
     return f"{literal(before)} || {value_sql} || {literal(after)}"
-
-
-def _rewrite_sql(url_sql: str, rewrites: dict[str, str]) -> str:
-    """:func:`pipeline.sources.base.rewrite_url` in SQL: the longest matching prefix is replaced."""
-    expr = url_sql
-    for prefix, replacement in sorted(rewrites.items(), key=lambda kv: len(kv[0])):  # the longest ends outermost
-        expr = (
-            f"CASE WHEN starts_with({url_sql}, {literal(prefix)}) "
-            f"THEN {literal(replacement)} || ({url_sql})[{len(prefix) + 1}:] ELSE {expr} END"
-        )
-    return expr

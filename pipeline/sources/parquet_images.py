@@ -20,7 +20,6 @@ group's column at a time, cached while a shard's rows follow each other) from th
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +28,18 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.core.schema import TAXONOMY_RANKS
-from pipeline.sources.base import ConfigError, CrawlContext, SourceError, build_row, config_from_dict, reject
+from pipeline.sources.base import (
+    MAPPABLE_FIELDS,
+    ConfigError,
+    CrawlContext,
+    SourceError,
+    build_row,
+    config_from_dict,
+    local_files,
+    reject,
+)
 
-FIELDS = ("source_record_id", "original_text", "scientific_name", "common_name", "taxon_rank", "taxonomy",
-          "license", "rights_holder", "page_url")  # fmt: skip
+FIELDS = MAPPABLE_FIELDS
 BATCH_ROWS = 8_192
 
 
@@ -63,16 +70,7 @@ class Config:
 
 def files(config: Config) -> list[Path]:
     """The Parquet files ``path`` names, sorted."""
-    path = Path(config.path)
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix == ".parquet" and p.is_file())
-    elif any(c in config.path for c in "*?["):
-        found = sorted(Path(p) for p in glob.glob(config.path))
-    else:
-        found = [path]
-    if not found:
-        raise SourceError(f"{config.path}: no .parquet files there")
-    return [p.resolve() for p in found]
+    return local_files(config.path, ".parquet")
 
 
 def local_roots(config: Config) -> list[str]:

@@ -30,7 +30,6 @@ name without an extension, raises ``SourceError`` naming the shard (and member).
 
 from __future__ import annotations
 
-import glob
 import json
 import tarfile
 from collections.abc import Iterator
@@ -40,17 +39,18 @@ from typing import Any
 
 from pipeline.core.schema import TAXONOMY_RANKS
 from pipeline.sources.base import (
+    MAPPABLE_FIELDS,
     ConfigError,
     CrawlContext,
     SourceError,
     build_row,
     config_from_dict,
+    local_files,
     reject,
 )
 
 KEY = "__key__"
-FIELDS = ("source_record_id", "original_text", "scientific_name", "common_name", "taxon_rank", "taxonomy",
-          "license", "rights_holder", "page_url")  # fmt: skip
+FIELDS = MAPPABLE_FIELDS
 TEXT_LIMIT = 1 << 20  # a text or JSON member larger than this is not metadata
 
 
@@ -83,16 +83,7 @@ class Config:
 
 def shard_paths(config: Config) -> list[Path]:
     """The shards ``path`` names, sorted (a folder's ``*.tar``, a glob's matches, or the one file)."""
-    path = Path(config.path)
-    if path.is_dir():
-        shards = sorted(p for p in path.iterdir() if p.suffix == ".tar" and p.is_file())
-    elif any(c in config.path for c in "*?["):
-        shards = sorted(Path(p) for p in glob.glob(config.path))
-    else:
-        shards = [path]
-    if not shards:
-        raise SourceError(f"{config.path}: no .tar shards there")
-    return [shard.resolve() for shard in shards]
+    return local_files(config.path, ".tar", "shards")
 
 
 def local_roots(config: Config) -> list[str]:

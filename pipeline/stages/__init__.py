@@ -8,6 +8,7 @@ download worker child importing ``pipeline.stages.download.job``) does not impor
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,7 +19,5 @@ __all__ = ["STAGES", "stage_named"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from pipeline.stages import registry
-
-        return getattr(registry, name)
+        return getattr(importlib.import_module(f"{__name__}.registry"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

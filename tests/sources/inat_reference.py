@@ -1,101 +1,27 @@
 """The iNaturalist adapter as it was before DuckDB: one Python dict per table row. The parity tests' oracle.
 
-Kept verbatim (row for row the behaviour ``pipeline.sources.inaturalist`` must reproduce), but for this docstring.
+Its per-row logic is kept verbatim (row for row the behaviour ``pipeline.sources.inaturalist`` must reproduce);
+the configuration, file lookup and lookup-table reading are the adapter's own, imported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pipeline.core.io import is_local, isfile, join
 from pipeline.core.schema import TAXONOMY_RANKS
-from pipeline.sources.base import (
-    ConfigError,
-    CrawlContext,
-    SourceError,
-    apply_taxon_filter,
-    build_row,
-    check_taxon_filter,
-    check_url_rewrite,
-    config_from_dict,
-    reject,
-    rewrite_url,
+from pipeline.sources.base import CrawlContext, apply_taxon_filter, build_row, reject, rewrite_url
+from pipeline.sources.inaturalist import (  # the file handling both share; the row logic below is the old one's
+    OBSERVATION_COLUMNS,
+    OBSERVER_COLUMNS,
+    PHOTO_COLUMNS,
+    TAXA_COLUMNS,
+    Config,
+    _inside,
+    _lookup,
+    _table,
 )
 from pipeline.sources.textfiles import read_table
-
-SIZES = ("square", "small", "medium", "large", "original")
-PHOTO_COLUMNS = ("photo_uuid", "photo_id", "observation_uuid", "observer_id", "extension", "license")
-OBSERVATION_COLUMNS = ("observation_uuid", "observer_id", "taxon_id", "quality_grade")
-TAXA_COLUMNS = ("taxon_id", "ancestry", "rank_level", "rank", "name", "active")
-OBSERVER_COLUMNS = ("observer_id", "login", "name")
-
-
-@dataclass
-class Config:
-    directory: str  # folder holding photos/observations/taxa/observers .csv or .csv.gz; local or an fsspec URL
-    name: str = "inaturalist"  # registry name written to the `source` column
-    common_names: str | None = None  # optional CSV taxon_id,common_name; relative paths are inside `directory`
-    base_url: str = "https://inaturalist-open-data.s3.amazonaws.com"  # bucket or mirror serving photos/<id>/<size>
-    size: str = "medium"  # square | small | medium | large | original
-    quality_grades: tuple[str, ...] = ("research",)  # accepted observations.quality_grade; empty = all
-    min_rank: str | None = "species"  # reject identifications coarser than this rank; None = any rank
-    kingdoms: tuple[str, ...] = ("Plantae",)  # accepted kingdoms; empty = all
-    url_rewrite: dict[str, str] | None = None  # URL prefix -> replacement, for mirrors / offline samples
-
-    def __post_init__(self) -> None:
-        where = f"source {self.name!r} (inaturalist)"
-        if self.size not in SIZES:
-            raise ConfigError(f"{where}: size {self.size!r} unknown; expected one of {', '.join(SIZES)}")
-        if isinstance(self.quality_grades, str):
-            raise ConfigError(f"{where}: quality_grades must be a list, e.g. [research]")
-        self.quality_grades = tuple(self.quality_grades)
-        check_taxon_filter(where, self.kingdoms, self.min_rank)
-        self.kingdoms = tuple(self.kingdoms)
-        self.url_rewrite = check_url_rewrite(self.url_rewrite, where)
-        self.base_url = self.base_url.rstrip("/")
-
-    @classmethod
-    def from_dict(cls, options: dict[str, Any]) -> Config:
-        return config_from_dict(cls, options, "inaturalist options")
-
-
-def _inside(directory: str, name: str) -> str:
-    """``name`` in the export folder (a local folder as pathlib spells it, or a URL); a full URL is kept."""
-    if "://" in name:
-        return name
-    return str(Path(directory) / name) if is_local(directory) else join(directory.rstrip("/"), name)
-
-
-def _table(directory: str, stem: str) -> str:
-    for candidate in (_inside(directory, f"{stem}.csv"), _inside(directory, f"{stem}.csv.gz")):
-        if isfile(candidate):
-            return candidate
-    raise SourceError(f"{_folder(directory)}: missing {stem}.csv (or {stem}.csv.gz) of the iNaturalist export")
-
-
-def _folder(directory: str) -> str:
-    """The folder as error messages name it (pathlib's spelling for a local one, as before)."""
-    return str(Path(directory)) if is_local(directory) else directory
-
-
-def _lookup(path: str, key: str, columns: tuple[str, ...], delimiter: str = "\t", quote: str | None = None) -> dict:
-    """Small table -> {key: values}; a malformed row here would corrupt every photo that joins to it, so it fails.
-
-    So does a repeated key: which of two taxa (or observations) a photo joins to would depend on row order.
-    """
-    table: dict[str, dict[str, str | None]] = {}
-    for record in read_table(path, required=columns, delimiter=delimiter, quotechar=quote):
-        where = f"{path} row {record.row} (line {record.line})"
-        if record.problem:
-            raise SourceError(f"{where}: {record.problem}")
-        value = record.values[key] or ""
-        if value in table:
-            raise SourceError(f"{where}, field {key}: id {value!r} repeats an earlier row; {key} must be unique")
-        table[value] = {c: record.values[c] for c in columns}
-    return table
 
 
 class _Taxonomy:
