@@ -22,12 +22,15 @@ from typing import Any
 
 import braceexpand
 import fsspec
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from dalip.caption_index import BATCH_ROWS, INDEX_SCHEMA, CaptionIndex, IndexedRows, build_caption_index
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +51,18 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 @dataclass
 class ManifestSelection:
-    """The kept rows of a manifest: shard URLs and the caption of every ``(shard, key)``."""
+    """The kept rows of a manifest: shard URLs, and their captions in an on-disk index read a shard at a time."""
 
     shards: list[str]
-    captions: dict[tuple[str, str], str]
+    num_samples: int
+    index: CaptionIndex
     files: list[str]
     caption_source: str
     caption_fallbacks: int = 0  # kept rows without the requested variant, which use ``caption`` instead
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.captions)
-
     def caption_of(self, sample: dict[str, Any]) -> str | None:
         """The sample's caption when its row is kept, else None (the shard holds rows the manifest dropped)."""
-        return self.captions.get((sample["__url__"], sample["__key__"]))
+        return self.index.caption_of(sample.get("__url__"), sample.get("__key__"))
 
 
 @dataclass
@@ -161,45 +161,72 @@ def resolve_shard(fs: Any, manifest_path: str, shard: str) -> str:
     return fs.unstrip_protocol(path) if "file" not in fs.protocol else path
 
 
-def read_manifest(manifest: str | Path | Sequence[str | Path], caption: str = COL_CAPTION) -> ManifestSelection:
+def read_manifest(
+    manifest: str | Path | Sequence[str | Path], caption: str = COL_CAPTION, index_folder: str | Path | None = None
+) -> ManifestSelection:
     """Read the kept rows of a manifest. ``caption`` is ``"caption"`` or a key of ``caption_variants``.
 
-    Raises a ``ValueError`` naming the file for missing columns, a kept row without shard/key/caption, or an
-    empty selection, and a ``FileNotFoundError`` naming the shard and manifest for a missing shard file.
+    The manifest is streamed in Arrow batches into a caption index under ``index_folder`` (default: the temp
+    dir); nothing is held per row. Raises a ``ValueError`` naming the file for missing columns, a kept row without
+    shard/key/caption, or an empty selection, and a ``FileNotFoundError`` naming the shard and manifest for a
+    missing shard file.
     """
-    captions: dict[tuple[str, str], str] = {}
-    shard_origin: dict[str, str] = {}
-    fallbacks = 0
     files = manifest_files(manifest)
-    for fs, path in files:
-        with fs.open(path, "rb") as f:
-            names = set(pq.read_schema(f).names)
-            required = REQUIRED_COLUMNS + ((COL_CAPTION_VARIANTS,) if caption != COL_CAPTION else ())
-            missing = [c for c in required if c not in names]
-            if missing:
-                raise ValueError(f"manifest {path}: missing required column(s) {missing}; it has {sorted(names)}")
-            table = pq.read_table(f, columns=list(required))
-        table = table.filter(pc.fill_null(table[COL_KEEP], False))
-        for row in table.to_pylist():
-            sid, shard, key = row[COL_SAMPLE_ID], row[COL_SHARD], row[COL_KEY]
-            text = dict(row.get(COL_CAPTION_VARIANTS) or {}).get(caption) if caption != COL_CAPTION else None
-            if text is None:
-                fallbacks += caption != COL_CAPTION
-                text = row[COL_CAPTION]
-            if not shard or not key or not text:
-                raise ValueError(f"manifest {path}: kept row sample_id={sid} has no shard, key or caption ({row})")
-            url = resolve_shard(fs, path, shard)
-            shard_origin.setdefault(url, path)
-            captions[(url, str(key))] = text
-    if not captions:
+    index, found, counts = build_caption_index(lambda found: _kept_rows(files, caption, found), index_folder)
+    if not counts:
         raise ValueError(f"manifest {manifest}: no row has keep = true; nothing to train on")
-    for url, origin in shard_origin.items():
+    for url, origin in found.shard_origin.items():
         shard_fs, shard_path = fsspec.core.url_to_fs(url)
         if not shard_fs.exists(shard_path):
             raise FileNotFoundError(f"shard {url} (named in manifest {origin}) does not exist")
-    if fallbacks:
-        log.warning("%d kept rows have no %r caption variant; they use the 'caption' column", fallbacks, caption)
-    return ManifestSelection(sorted(shard_origin), captions, [p for _, p in files], caption, fallbacks)
+    if found.fallbacks:
+        log.warning("%d kept rows have no %r caption variant; they use the 'caption' column", found.fallbacks, caption)
+    return ManifestSelection(
+        sorted(counts), sum(counts.values()), index, [p for _, p in files], caption, found.fallbacks
+    )
+
+
+def _kept_rows(files: list[tuple[Any, str]], caption: str, found: IndexedRows) -> Iterator[pa.RecordBatch]:
+    """``(shard_no, key, caption)`` of every kept row, a Parquet batch at a time; shards are numbered in ``found``."""
+    required = REQUIRED_COLUMNS + ((COL_CAPTION_VARIANTS,) if caption != COL_CAPTION else ())
+    for fs, path in files:
+        with fs.open(path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            missing = [c for c in required if c not in names]
+            if missing:
+                raise ValueError(f"manifest {path}: missing required column(s) {missing}; it has {sorted(names)}")
+            for batch in parquet.iter_batches(BATCH_ROWS, columns=list(required)):
+                batch = batch.filter(pc.fill_null(batch[COL_KEEP], False))
+                if batch.num_rows:
+                    yield _indexed(fs, path, batch, caption, found)
+
+
+def _indexed(fs: Any, path: str, batch: pa.RecordBatch, caption: str, found: IndexedRows) -> pa.RecordBatch:
+    text = batch[COL_CAPTION]
+    if caption != COL_CAPTION:
+        variant = pc.map_lookup(batch[COL_CAPTION_VARIANTS], caption, "first")
+        found.fallbacks += variant.null_count
+        text = pc.coalesce(variant, text)
+    shard, key = batch[COL_SHARD], pc.cast(batch[COL_KEY], pa.string())
+    missing = pc.or_kleene(pc.or_kleene(_blank(shard), _blank(key)), _blank(text))
+    if pc.any(missing).as_py():
+        row = batch.filter(missing).slice(0, 1).to_pylist()[0]
+        raise ValueError(
+            f"manifest {path}: kept row sample_id={row[COL_SAMPLE_ID]} has no shard, key or caption ({row})"
+        )
+    names = pc.unique(shard)
+    numbers = []
+    for name in names.to_pylist():
+        url = resolve_shard(fs, path, name)
+        found.shard_origin.setdefault(url, path)
+        numbers.append(found.shard_numbers.setdefault(url, len(found.shard_numbers)))
+    shard_no = pc.take(pa.array(numbers, pa.int32()), pc.index_in(shard, value_set=names))
+    return pa.RecordBatch.from_arrays([shard_no, key, text], schema=INDEX_SCHEMA)
+
+
+def _blank(column: pa.Array) -> pa.Array:
+    return pc.fill_null(pc.equal(pc.cast(column, pa.string()), ""), True)
 
 
 @dataclass

@@ -35,7 +35,7 @@ def manifest_pairs(
     selection = read_manifest(manifest, caption)
     pairs: list[tuple[torch.Tensor, str]] = []
     for sample in read_shards(selection.shards):
-        text = selection.captions.get((sample.get("__url__"), sample.get("__key__")))
+        text = selection.caption_of(sample)
         ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
         if text is None or ext is None:
             continue

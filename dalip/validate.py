@@ -56,7 +56,7 @@ def validation_loss(
     skipped = 0
     with torch.no_grad():
         for sample in read_shards(selection.shards):
-            text = selection.captions.get((sample.get("__url__"), sample.get("__key__")))
+            text = selection.caption_of(sample)
             ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
             if text is None or ext is None:
                 skipped += "__error__" in sample
