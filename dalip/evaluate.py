@@ -221,10 +221,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return write_report(report, args.output)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _run_suite(args: argparse.Namespace, model: DalipModel, preprocess: Any, tokenizer: Any, model_name: str) -> dict:
     """Every dataset of the suite whose files are here; the paper's table layout printed, JSON returned."""
     suite = load_suite(args.suite)
@@ -246,3 +242,7 @@ def _run_suite(args: argparse.Namespace, model: DalipModel, preprocess: Any, tok
               "templates": args.templates, "results": results, "skipped": skipped, "paper": suite.paper,
               "table": rendered}  # fmt: skip
     return write_report(report, args.output, printed=rendered)
+
+
+if __name__ == "__main__":
+    main()

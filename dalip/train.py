@@ -1,7 +1,7 @@
 """Train DALIP on a PlantMix manifest: ``python -m dalip.train --manifest M ...`` or under ``torchrun``.
 
 AdamW, warmup + cosine schedule, gradient clipping, AMP on GPU, DDP, checkpoints that resume exactly, a
-progress bar and a JSONL metrics log (``<output-dir>/metrics.jsonl``).
+progress bar and a JSONL metrics log (``<output-dir>/metrics.jsonl``), TensorBoard and wandb with ``--report-to``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import random
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
+from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -31,6 +31,7 @@ from dalip.data import ShardStream, StreamStats, make_loader, read_manifest, rea
 from dalip.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from dalip.loss import LOSS_VARIANTS, DalipLoss
 from dalip.model import DalipModel
+from dalip.report import TrainReport, parse_report_to
 from dalip.tiny import register_tiny_model
 
 log = logging.getLogger("dalip.train")
@@ -72,6 +73,9 @@ class TrainConfig:
     train_data_upsampling_factors: list[float] | None = None  # with train_data: one weight per "::" part
     accum_freq: int = 1  # micro-batches per step: the contrastive loss sees accum_freq x batch_size per rank
     grad_checkpointing: bool = False  # recompute the towers' activations in backward (open_clip's)
+    zero_optimizer: bool = False  # under DDP: shard AdamW's state over the ranks (ZeroRedundancyOptimizer)
+    report_to: tuple[str, ...] = ()  # besides metrics.jsonl: "tensorboard", "wandb" (open_clip_train's names)
+    wandb_project: str = "dalip"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -82,6 +86,7 @@ class TrainConfig:
             raise ValueError("give --manifest or --train-data (a release's shards), one of them")
         if self.accum_freq < 1:
             raise ValueError(f"accum_freq must be at least 1, got {self.accum_freq}")
+        self.report_to = parse_report_to(",".join(self.report_to))
         if self.keep_last is not None and self.keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {self.keep_last}")
 
@@ -94,12 +99,16 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, distributed: bool = False) -> torch.optim.Optimizer:
+    """AdamW; with ``cfg.zero_optimizer`` under DDP, torch's ZeroRedundancyOptimizer: each rank keeps the AdamW
+    state (two fp32 moments per weight) of its share of the parameters only, and broadcasts its updated share."""
     # As open_clip: no weight decay on gains, biases and the temperature (all parameters with < 2 dims).
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.wd}]
+    if cfg.zero_optimizer and distributed:
+        return ZeroRedundancyOptimizer(groups, torch.optim.AdamW, lr=cfg.lr, betas=cfg.betas, eps=1e-6)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-6)
 
 
@@ -154,7 +163,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.alpha, cfg.loss_variant, cfg.lambdas, cfg.local_loss, cfg.gather_with_grad,
         rank=info.rank, world_size=info.world_size,
     )  # fmt: skip
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, info.distributed)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, total_steps))
     autocast, use_scaler = _autocast(cfg, info.device)
     scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
@@ -167,8 +176,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step = _resume(cfg, out_dir, info, model, optimizer, scheduler, scaler)
     else:
         _seed_all(cfg.seed + info.rank)  # dropout differs across ranks, like their data
-    metrics = _open_metrics(out_dir / "metrics.jsonl", step) if info.is_main else None
     payload = {"config": dataclasses.asdict(cfg), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
+    report = TrainReport(out_dir, step, cfg.report_to, payload, cfg.wandb_project) if info.is_main else None
     if info.is_main:
         log.info("%d kept samples, %d shards, %d steps/epoch", selection.num_samples, len(selection.shards),
                  steps_per_epoch)  # fmt: skip
@@ -213,19 +222,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             rate = cfg.batch_size * cfg.accum_freq * info.world_size / (t_now - t_prev)
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.4f}", samples_s=f"{rate:.1f}")
-            if metrics and step % cfg.log_every == 0:
-                record = {"step": step, "epoch": epoch, "lr": lr, **terms,
-                          "logit_scale": model.logit_scale.exp().item(), "samples_per_s": rate,
-                          "data_s": t_data - t_prev}  # fmt: skip
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
+            if report and step % cfg.log_every == 0:
+                report.step(step, {"epoch": epoch, "lr": lr, **terms, "logit_scale": model.logit_scale.exp().item(),
+                                   "samples_per_s": rate, "data_s": t_data - t_prev})  # fmt: skip
             t_prev = t_now
             if step % cfg.save_every == 0 or step == last_step:
                 ckpt_path = _save(out_dir, step, model, optimizer, scheduler, scaler, payload, info, cfg.keep_last)
-        _log_epoch_stats(epoch, epoch_stats, info, metrics)
+        _log_epoch_stats(epoch, step, epoch_stats, info, report)
     bar.close()
-    if metrics:
-        metrics.close()
+    if report:
+        report.close()
     cleanup(info)
     return {"step": step, "total_steps": total_steps, "checkpoint": str(ckpt_path) if ckpt_path else None, **terms}
 
@@ -303,25 +309,16 @@ def _add_stats(total: StreamStats, batch: StreamStats) -> None:
     total.corrupt_keys.extend(batch.corrupt_keys[: max(0, 100 - len(total.corrupt_keys))])  # a sample to log
 
 
-def _log_epoch_stats(epoch: int, stats: StreamStats, info: DistInfo, metrics: Any) -> None:
+def _log_epoch_stats(epoch: int, step: int, stats: StreamStats, info: DistInfo, report: TrainReport | None) -> None:
     corrupt = int(all_reduce_sum(stats.corrupt, info))
     shard_errors = int(all_reduce_sum(stats.shard_errors, info))
     if stats.corrupt_keys:
         log.warning("rank %d skipped corrupt images: %s", info.rank, ", ".join(stats.corrupt_keys[:20]))
     if info.is_main:
         log.info("epoch %d: skipped %d corrupt images, %d shard read errors", epoch, corrupt, shard_errors)
-        if metrics:
-            metrics.write(json.dumps({"event": "epoch_end", "epoch": epoch, "corrupt_images": corrupt,
-                                      "shard_errors": shard_errors}) + "\n")  # fmt: skip
-            metrics.flush()
-
-
-def _open_metrics(path: Path, step: int) -> Any:
-    # On resume, drop records past the checkpoint: those steps are about to be run again.
-    if path.exists():
-        kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
-        path.write_text("".join(ln + "\n" for ln in kept) if step else "")
-    return path.open("a")
+        if report:
+            report.event(step, {"event": "epoch_end", "epoch": epoch, "corrupt_images": corrupt,
+                                "shard_errors": shard_errors})  # fmt: skip
 
 
 def _save(
@@ -333,6 +330,8 @@ def _save(
     else:
         states = [rng_state()]
     path = out_dir / "checkpoints" / f"step_{step:08d}.pt"
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        optimizer.consolidate_state_dict(to=0)  # every rank sends its share; rank 0 saves the whole state
     if info.is_main:
         save_checkpoint(out_dir / "checkpoints", step, {
             **payload, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -406,6 +405,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--accum-freq", type=int, default=1,
                    help="micro-batches per step, exact for the contrastive loss (feature cache)")  # fmt: skip
     p.add_argument("--grad-checkpointing", action="store_true", help="open_clip's activation checkpointing")
+    p.add_argument(
+        "--zero-optimizer",
+        action="store_true",
+        help="under DDP, shard the optimizer state over the ranks (torch's ZeroRedundancyOptimizer)",
+    )
+    p.add_argument("--report-to", default="", help="also log to: tensorboard, wandb or tensorboard,wandb")
+    p.add_argument("--wandb-project-name", dest="wandb_project", default="dalip")
     a = p.parse_args(argv)
     mbdc = MbdcConfig(
         a.mbdc_heads,
@@ -417,8 +423,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         a.mbdc_variant,
         a.mbdc_mask_padding,
     )
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"mbdc", "lambdas"}
-    return TrainConfig(**{k: v for k, v in vars(a).items() if k in fields}, lambdas=tuple(a.lambdas), mbdc=mbdc)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"mbdc", "lambdas", "report_to"}
+    return TrainConfig(
+        **{k: v for k, v in vars(a).items() if k in fields}, lambdas=tuple(a.lambdas), mbdc=mbdc,
+        report_to=parse_report_to(a.report_to),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

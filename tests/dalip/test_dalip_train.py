@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -291,3 +292,92 @@ def test_two_releases_are_weighted_by_their_upsampling_factors(tmp_path: Path) -
                     str(tmp_path / "run"), "--model", "DALIP-Tiny", "--batch-size", "8", "--precision", "fp32",
                     "--workers", "0", "--mbdc-dim", "6", "--max-steps", "2"])  # fmt: skip
     assert summary["total_steps"] == 48 // 8
+
+
+def _torchrun(shards: Path, out: Path, *extra: str) -> None:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), "-m", "dalip.train",
+        *_args(shards, out, "--workers", "1", "--batch-size", "8", "--mbdc-variant", "layernorm", *extra),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_zero_optimizer_trains_as_plain_ddp_and_resumes_exactly(shards: Path, tmp_path: Path) -> None:
+    """--zero-optimizer shards AdamW's state over 2 ranks; AdamW is per parameter, so the losses and weights are
+    plain DDP's; the checkpoint holds the whole (consolidated) state, and a run resumed from it goes on exactly."""
+    plain, zero = tmp_path / "plain", tmp_path / "zero"
+    _torchrun(shards, plain, "--max-steps", "4", "--save-every", "4")
+    _torchrun(shards, zero, "--max-steps", "2", "--save-every", "2", "--zero-optimizer")
+    _torchrun(shards, zero, "--max-steps", "4", "--save-every", "2", "--zero-optimizer", "--resume", "latest")
+    assert sorted(_losses(zero)) == [1, 2, 3, 4]
+    assert _losses(zero) == pytest.approx(_losses(plain), abs=1e-5)
+    a, b = (load_checkpoint(d / "checkpoints" / "step_00000004.pt") for d in (plain, zero))
+    assert all(torch.allclose(a["model"][k], b["model"][k], atol=1e-5) for k in a["model"])
+    shapes = [sorted(tuple(s["exp_avg"].shape) for s in c["optimizer"]["state"].values()) for c in (a, b)]
+    assert shapes[0] == shapes[1] and len(shapes[0]) > 10  # every parameter's moments, gathered from both ranks
+
+
+def test_report_to_tensorboard_logs_the_jsonl_numbers_and_a_resume_replaces_the_rerun_steps(
+    shards: Path, tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    main(_args(shards, out, "--max-steps", "4", "--save-every", "2", "--report-to", "tensorboard"))
+    (out / "checkpoints" / "latest.txt").write_text("step_00000002.pt\n")  # go back to step 2 and run 3-4 again
+    main(_args(shards, out, "--max-steps", "4", "--resume", "latest", "--report-to", "tensorboard"))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    logged = events.Scalars("train/loss")
+    assert [e.step for e in logged] == [1, 2, 3, 4]
+    assert [e.value for e in logged] == pytest.approx(list(_losses(out).values()), rel=1e-6)
+    assert {"train/lr", "train/logit_scale", "train/samples_per_s", "data/corrupt_images"} <= set(
+        events.Tags()["scalars"]
+    )
+    with pytest.raises(ValueError, match="--report-to: unknown target"):
+        main(_args(shards, tmp_path / "bad", "--report-to", "tensorbored"))
+
+
+def test_report_to_wandb_logs_every_step_under_one_run_id_across_a_resume(
+    shards: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The numbers handed to wandb (a recording stand-in for ``wandb.init``/``log``) are metrics.jsonl's; the
+    real package then writes an offline run under <output-dir>/wandb with the run id the resume reuses."""
+    import wandb
+
+    calls: list[tuple[str, Any]] = []
+
+    class Run:
+        def log(self, values: dict, step: int) -> None:
+            calls.append(("log", (step, values)))
+
+        def finish(self) -> None:
+            calls.append(("finish", None))
+
+    def init(**kwargs: Any) -> Run:
+        calls.append(("init", kwargs))
+        return Run()
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patched:
+        patched.setattr(wandb, "init", init)
+        main(_args(shards, out, "--max-steps", "3", "--report-to", "wandb", "--wandb-project-name", "plantmix"))
+    (first, kwargs), *logged, last = calls
+    assert first == "init" and last == ("finish", None)
+    assert kwargs["project"] == "plantmix" and kwargs["resume"] == "allow" and kwargs["dir"] == str(out)
+    assert tuple(kwargs["config"]["config"]["report_to"]) == ("wandb",)
+    losses = {step: values["train/loss"] for _, (step, values) in logged if "train/loss" in values}
+    assert losses == pytest.approx(_losses(out), rel=1e-6)
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    real = tmp_path / "offline"
+    main(_args(shards, real, "--max-steps", "2", "--save-every", "2", "--report-to", "wandb"))
+    main(_args(shards, real, "--max-steps", "3", "--resume", "latest", "--report-to", "wandb"))
+    run_id = (real / "wandb_run_id").read_text().strip()
+    runs = sorted((real / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") and (r / f"run-{run_id}.wandb").stat().st_size
+                                  for r in runs)  # fmt: skip
