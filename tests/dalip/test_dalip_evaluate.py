@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -163,6 +166,15 @@ def test_the_suite_runs_the_datasets_present_and_prints_the_papers_layout(tmp_pa
     general_mean = next(line for line in lines if line.startswith("general mean (1/2)"))
     assert general_mean.split()[-1] == "55.0"  # the paper's mean over its general sets
     assert lines[-1] == "skipped (files not found): cifar100"
+    # The same through the command line a user types (the module's own __main__).
+    cli = subprocess.run(
+        [sys.executable, "-m", "dalip.evaluate", "--checkpoint", checkpoint, "--suite", str(suite), "--data-root",
+         str(root), "--batch-size", "4", "--output", str(tmp_path / "table.json")],
+        cwd=ROOT_SUITE.parents[2], env={**os.environ, "PYTHONPATH": str(ROOT_SUITE.parents[2])}, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert json.loads((tmp_path / "table.json").read_text())["results"] == report["results"]
     parsed = load_suite(suite)
     assert open_dataset(parsed, parsed.datasets[2], root, None)[0] == ["Quercus robur", "Iris tectorum"]
     assert open_dataset(parsed, parsed.datasets[0], root, None)[0] == ["blue thing", "red thing"]
