@@ -134,16 +134,20 @@ def zero_shot(
     templates: Sequence[Any] = OPENAI_IMAGENET_TEMPLATES,
     batch_size: int = 64,
     device: str = "cpu",
+    workers: int = 0,
+    precision: str = "amp",
 ) -> dict[str, dict[str, float]]:
-    """Top-1/top-5 accuracy (%) scored by ``f``, by ``z`` and by ``lambda1 * sim(f) + lambda2 * sim(z)``."""
+    """Top-1/top-5 accuracy (%) scored by ``f``, by ``z`` and by ``lambda1 * sim(f) + lambda2 * sim(z)``; images
+    are decoded by ``workers`` loader processes, a batch at a time."""
     weights_f = build_zero_shot_classifier(model, tokenizer, classnames, templates, device=device)
     weights_z = build_zero_shot_classifier(_SecondOrderText(model), tokenizer, classnames, templates, device=device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     k = min(5, len(classnames))
     correct = {name: [0, 0] for name in ("f", "z", "both")}
     total = 0
     for images, labels in loader:
-        emb = model.encode(image=images.to(device), normalize=True)
+        with inference_autocast(precision, device):
+            emb = {name: value.float() for name, value in model.encode(image=images.to(device), normalize=True).items()}
         sim_f, sim_z = emb["image_f"] @ weights_f, emb["image_z"] @ weights_z
         labels = labels.to(device)
         for name, logits in (("f", sim_f), ("z", sim_z), ("both", lambdas[0] * sim_f + lambdas[1] * sim_z)):
@@ -152,6 +156,13 @@ def zero_shot(
             correct[name][1] += (top == labels[:, None]).any(dim=-1).sum().item()
         total += len(labels)
     return {name: {"top1": 100.0 * c1 / total, "top5": 100.0 * c5 / total} for name, (c1, c5) in correct.items()}
+
+
+def inference_autocast(precision: str, device: str) -> torch.autocast:
+    """fp16 (``amp``) or bf16 (``amp_bf16``) autocast on GPU; a no-op on CPU and for ``fp32``."""
+    dtype = {"amp": torch.float16, "amp_bf16": torch.bfloat16}.get(precision)
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=dtype, enabled=dtype is not None and kind == "cuda")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -175,6 +186,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", help="without --checkpoint: open_clip tag or local weights")
     p.add_argument("--lambdas", type=float, nargs=2, default=(1.0, 1.0), metavar=("L1", "L2"))
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="loader workers decoding images")
+    p.add_argument("--precision", choices=("amp", "amp_bf16", "fp32"), default="amp", help="autocast on GPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output", help="write the JSON here too")
 
@@ -203,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         classnames, dataset = manifest_dataset(args.manifest, taxa, preprocess)
     results = zero_shot(
         model, tokenizer, classnames, dataset, tuple(args.lambdas), TEMPLATES[args.templates], args.batch_size,
-        args.device,
+        args.device, args.workers, args.precision,
     )  # fmt: skip
     report = {
         "checkpoint": args.checkpoint,
@@ -235,7 +248,7 @@ def _run_suite(args: argparse.Namespace, model: DalipModel, preprocess: Any, tok
         log.info("%s: %d classes, %d images", dataset.name, len(classnames), len(images))
         results[dataset.name] = zero_shot(
             model, tokenizer, classnames, images, tuple(args.lambdas), TEMPLATES[args.templates], args.batch_size,
-            args.device,
+            args.device, args.workers, args.precision,
         )  # fmt: skip
     rendered = table(suite, results, skipped)
     report = {"suite": suite.name, "checkpoint": args.checkpoint, "model": model_name, "lambdas": list(args.lambdas),

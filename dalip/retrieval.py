@@ -10,66 +10,43 @@ R@1/5/10), so the numbers compare with open_clip's zero-shot retrieval reports.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import math
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from open_clip_train.train import get_clip_metrics
-from PIL import Image
 
-from dalip.data import IMAGE_EXTENSIONS, read_manifest, read_shards
-from dalip.evaluate import add_model_arguments, load_model, write_report
+from dalip.data import read_manifest
+from dalip.evaluate import add_model_arguments, inference_autocast, load_model, write_report
+from dalip.heldout import HeldOutCount, kept_batches
 from dalip.model import DalipModel
 
 log = logging.getLogger("dalip.retrieval")
-
-
-def manifest_pairs(
-    manifest: str | Path, preprocess: Any, caption: str = "caption", limit: int | None = None
-) -> list[tuple[torch.Tensor, str]]:
-    """(image tensor, caption) of the manifest's kept rows, shard by shard, at most ``limit``."""
-    selection = read_manifest(manifest, caption)
-    pairs: list[tuple[torch.Tensor, str]] = []
-    for sample in read_shards(selection.shards):
-        text = selection.caption_of(sample)
-        ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-        if text is None or ext is None:
-            continue
-        try:
-            image = Image.open(io.BytesIO(sample[ext])).convert("RGB")
-        except OSError as exn:
-            log.warning("skipping undecodable image %s:%s (%s)", sample["__url__"], sample["__key__"], exn)
-            continue
-        pairs.append((preprocess(image), text))
-        if limit is not None and len(pairs) >= limit:
-            break
-    if not pairs:
-        raise ValueError(f"manifest {manifest}: no readable kept image-text pair")
-    return pairs
 
 
 @torch.no_grad()
 def retrieval_metrics(
     model: DalipModel,
     tokenizer: Any,
-    pairs: Sequence[tuple[torch.Tensor, str]],
+    batches: Iterable[tuple[torch.Tensor, Sequence[str]]],
     lambdas: tuple[float, float] = (1.0, 1.0),
-    batch_size: int = 64,
     device: str = "cpu",
+    precision: str = "amp",
 ) -> dict[str, dict[str, float]]:
-    """Recall@k and ranks for the ``f``, ``z`` and combined scores; pair ``i``'s image matches caption ``i``."""
+    """Recall@k and ranks for the ``f``, ``z`` and combined scores over ``(images, captions)`` batches; pair
+    ``i``'s image matches caption ``i``. Only the embeddings are kept, not the images."""
     model.eval()
     feats: dict[str, list[torch.Tensor]] = {"image_f": [], "image_z": [], "text_f": [], "text_z": []}
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        images = torch.stack([image for image, _ in chunk]).to(device)
-        text = tokenizer([caption for _, caption in chunk]).to(device)
-        for name, value in model.encode(image=images, text=text, normalize=True).items():
+    for images, captions in batches:
+        text = tokenizer(list(captions)).to(device)
+        with inference_autocast(precision, device):
+            encoded = model.encode(image=images.to(device), text=text, normalize=True)
+        for name, value in encoded.items():
             feats[name].append(value.float().cpu())
+    if not feats["image_f"]:
+        raise ValueError("no readable image-text pair to score")
     emb = {name: torch.cat(values) for name, values in feats.items()}
     # The combined score lambda1 <f_i, f_t> + lambda2 <z_i, z_t> is one inner product of scaled concatenations.
     w1, w2 = math.sqrt(lambdas[0]), math.sqrt(lambdas[1])
@@ -95,10 +72,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     model, preprocess, tokenizer, model_name = load_model(args.checkpoint, args.model, args.pretrained, args.device)
-    pairs = manifest_pairs(args.manifest, preprocess, args.caption, args.limit)
-    results = retrieval_metrics(model, tokenizer, pairs, tuple(args.lambdas), args.batch_size, args.device)
+    count = HeldOutCount()
+    selection = read_manifest(args.manifest, args.caption)
+    batches = kept_batches(selection, preprocess, args.batch_size, args.workers, args.limit, count)
+    results = retrieval_metrics(model, tokenizer, batches, tuple(args.lambdas), args.device, args.precision)
     report = {"checkpoint": args.checkpoint, "model": model_name, "manifest": args.manifest, "caption": args.caption,
-              "num_pairs": len(pairs), "lambdas": list(args.lambdas), "results": results}  # fmt: skip
+              "num_pairs": count.pairs, "undecodable": count.undecodable, "lambdas": list(args.lambdas),
+              "results": results}  # fmt: skip
     return write_report(report, args.output)
 
 

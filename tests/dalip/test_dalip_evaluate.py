@@ -107,11 +107,12 @@ def test_retrieval_recall_scores_each_image_against_every_caption_by_f_z_and_bot
 
     pairs = [(torch.full((3, 2, 2), float(i)), str(i)) for i in range(4)]
     tokenizer = lambda texts: torch.tensor([int(t) for t in texts])  # noqa: E731
-    f_only = retrieval_metrics(_Fixed(), tokenizer, pairs, lambdas=(1.0, 0.0), batch_size=3)
+    batches = [(torch.stack([image for image, _ in pairs[:3]]), ["0", "1", "2"]), (pairs[3][0][None], ["3"])]
+    f_only = retrieval_metrics(_Fixed(), tokenizer, batches, lambdas=(1.0, 0.0))
     assert f_only["f"]["image_to_text_R@1"] == 1.0 and f_only["f"]["text_to_image_R@1"] == 1.0
     assert f_only["z"]["image_to_text_R@1"] == 0.0 and f_only["z"]["image_to_text_mean_rank"] > 1
     assert f_only["both"]["image_to_text_R@1"] == 1.0  # lambda2 = 0: the combined score is f's
-    z_only = retrieval_metrics(_Fixed(), tokenizer, pairs, lambdas=(0.0, 1.0))
+    z_only = retrieval_metrics(_Fixed(), tokenizer, batches, lambdas=(0.0, 1.0))
     assert z_only["both"]["image_to_text_R@1"] == 0.0 and z_only["both"]["image_to_text_R@5"] == 1.0
 
 
