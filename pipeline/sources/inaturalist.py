@@ -163,10 +163,11 @@ def read_batches(config: Config, ctx: CrawlContext, batch_rows: int = 65_536) ->
             ctx.caption_style,
         )
         duck_rules.create_license_table(con, "licenses", "SELECT license FROM photos")
+        per_taxon = _create_taxon_columns(con)
         try:
             reader = con.sql(_candidates_sql(config, ctx, paths["photos"])).to_arrow_reader(batch_rows)
             for batch in reader:
-                yield pa.RecordBatch.from_arrays(batch.columns, schema=CANDIDATE_SCHEMA)
+                yield _with_taxon_columns(batch, per_taxon)
         except duckdb.OutOfMemoryException as exc:
             limit = (ctx.duckdb or DuckDBConfig()).memory_limit
             raise SourceError(
@@ -217,6 +218,39 @@ def _create_taxon_table(con) -> None:
         GROUP BY u.taxon_id
         """
     )
+
+
+# Candidate columns that depend on the taxon only: made once per taxon, attached to each photo batch by Arrow
+# ``take`` on the taxon's index, so that the query sorts and converts narrow photo rows only.
+TAXON_LEVEL = ("scientific_name", "common_name", "taxon_rank", "taxonomy", "caption", "caption_kind",
+               "caption_variants")  # fmt: skip
+
+
+def _create_taxon_columns(con) -> pa.Table:
+    """``taxon_columns``: every used taxon with its index ``tix``, names, rank, taxonomy and caption; returns the
+    ``TAXON_LEVEL`` columns in ``tix`` order (one row per taxon, not per photo)."""
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE taxon_columns AS
+        SELECT (row_number() OVER (ORDER BY t.taxon_id) - 1)::INTEGER AS tix, t.taxon_id, t.name AS scientific_name,
+               t.common_name, t.rank AS taxon_rank, t.taxonomy, c.caption, c.caption_kind, c.caption_variants,
+               c.caption_error
+        FROM taxon t LEFT JOIN captions c ON c.k = t.taxon_id
+        """
+    )
+    table = con.sql(f"SELECT {', '.join(TAXON_LEVEL)} FROM taxon_columns ORDER BY tix").to_arrow_table()
+    return table.combine_chunks()
+
+
+def _with_taxon_columns(batch: pa.RecordBatch, per_taxon: pa.Table) -> pa.RecordBatch:
+    """The query's photo batch with the taxon-level columns taken from ``per_taxon`` by ``tix``, as
+    ``CANDIDATE_SCHEMA`` (a photo without a known taxon gets nulls there, as the join gave)."""
+    index = batch.column("tix")
+    columns = [
+        per_taxon.column(name).chunk(0).take(index) if name in TAXON_LEVEL else batch.column(name)
+        for name in CANDIDATE_SCHEMA.names
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=CANDIDATE_SCHEMA)
 
 
 def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
@@ -306,15 +340,13 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
                p.observer_id, p.license AS raw_license,
                u.observer_id AS observer_found, CASE WHEN u.name <> '' THEN u.name ELSE u.login END AS rights_holder,
                o.observation_uuid AS observation_found, o.taxon_id, o.quality_grade,
-               t.taxon_id AS taxon_found, t.name AS scientific_name, t.rank AS taxon_rank, t.taxonomy,
-               t.taxonomy.kingdom AS kingdom, t.common_name,
-               c.caption_variants, c.caption, c.caption_kind, c.caption_error,
+               t.taxon_id AS taxon_found, t.tix, t.taxon_rank, t.taxonomy.kingdom AS kingdom, t.caption,
+               t.caption_error,
                l.code AS license_code, l.url AS license_url, l.prefix, l.suffix, l.error AS license_error
         FROM photos p
         LEFT JOIN observers u ON u.observer_id = coalesce(p.observer_id, '')
         LEFT JOIN observations o ON o.observation_uuid = coalesce(p.observation_uuid, '')
-        LEFT JOIN taxon t ON t.taxon_id = o.taxon_id
-        LEFT JOIN captions c ON c.k = t.taxon_id
+        LEFT JOIN taxon_columns t ON t.taxon_id = o.taxon_id
         LEFT JOIN licenses l ON l.raw = coalesce(p.license, '')
     ), urls AS (
         SELECT *, {rules.lower_sql("taxon_rank")} AS rank_lower,
@@ -332,8 +364,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
            CASE WHEN checked.error IS NULL THEN checked.url ELSE url_stripped END AS url,
            CASE WHEN checked.error IS NULL AND checked.url <> url_stripped THEN url_stripped END AS url_original,
            CASE WHEN photo_id <> '' THEN 'https://www.inaturalist.org/photos/' || photo_id END AS page_url,
-           caption, caption_kind, caption_variants, NULL::VARCHAR AS original_text, NULL::VARCHAR AS source_metadata,
-           scientific_name, common_name, taxon_rank, taxonomy,
+           tix, NULL::VARCHAR AS original_text, NULL::VARCHAR AS source_metadata,
            CASE WHEN license_error IS NULL THEN license_code ELSE nullif(raw_license, '') END AS license,
            license_url, rights_holder,
            CASE WHEN license_error IS NULL THEN prefix || {rules.attribution_who_sql("rights_holder")} || suffix END
