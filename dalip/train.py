@@ -73,6 +73,7 @@ class TrainConfig:
     train_data_upsampling_factors: list[float] | None = None  # with train_data: one weight per "::" part
     accum_freq: int = 1  # micro-batches per step: the contrastive loss sees accum_freq x batch_size per rank
     grad_checkpointing: bool = False  # recompute the towers' activations in backward (open_clip's)
+    caption_index_dir: str | None = None  # with manifest: where each rank's caption index goes (default: temp dir)
     zero_optimizer: bool = False  # under DDP: shard AdamW's state over the ranks (ZeroRedundancyOptimizer)
     report_to: tuple[str, ...] = ()  # besides metrics.jsonl: "tensorboard", "wandb" (open_clip_train's names)
     wandb_project: str = "dalip"
@@ -146,7 +147,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             cfg.train_data, cfg.caption, cfg.train_num_samples, cfg.train_data_upsampling_factors, cfg.seed
         )
     else:
-        selection = read_manifest(cfg.manifest, cfg.caption)
+        selection = read_manifest(cfg.manifest, cfg.caption, cfg.caption_index_dir)
     steps_per_epoch = selection.num_samples // (cfg.batch_size * cfg.accum_freq * info.world_size)
     if steps_per_epoch == 0:
         raise ValueError(
@@ -405,6 +406,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--accum-freq", type=int, default=1,
                    help="micro-batches per step, exact for the contrastive loss (feature cache)")  # fmt: skip
     p.add_argument("--grad-checkpointing", action="store_true", help="open_clip's activation checkpointing")
+    p.add_argument(
+        "--caption-index-dir",
+        help="with --manifest: folder for each rank's on-disk caption index (~100 bytes per kept row; temp dir)",
+    )
     p.add_argument(
         "--zero-optimizer",
         action="store_true",

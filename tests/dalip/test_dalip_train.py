@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -326,7 +327,11 @@ def test_report_to_tensorboard_logs_the_jsonl_numbers_and_a_resume_replaces_the_
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    main(_args(shards, out, "--max-steps", "4", "--save-every", "2", "--report-to", "tensorboard"))
+    index = tmp_path / "index"
+    main(_args(shards, out, "--max-steps", "4", "--save-every", "2", "--report-to", "tensorboard",
+               "--caption-index-dir", str(index)))  # fmt: skip
+    gc.collect()
+    assert index.is_dir() and not any(index.iterdir())  # the run's caption index was made there, then removed
     (out / "checkpoints" / "latest.txt").write_text("step_00000002.pt\n")  # go back to step 2 and run 3-4 again
     main(_args(shards, out, "--max-steps", "4", "--resume", "latest", "--report-to", "tensorboard"))
     events = EventAccumulator(str(out / "tensorboard"))
