@@ -28,15 +28,13 @@ import json
 import os
 import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import duckdb
+from child_run import run_side
 
-REPO = Path(__file__).resolve().parents[1]
 PLANTAE, ANIMALIA = 47126, 1
 FANOUT = 6  # children per taxon from phylum down to genus; species per genus
 RANKS = (("phylum", 60), ("class", 50), ("order", 40), ("family", 30), ("genus", 20), ("species", 10))
@@ -276,13 +274,7 @@ def child(side: str, kind: str, export: str, out: str, memory_limit: str) -> Non
 
 
 def in_child(side: str, kind: str, export: Path, out: Path, memory_limit: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", side, kind, str(export), str(out), memory_limit],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    if done.returncode:
-        raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_side(__file__, side, [kind, str(export), str(out), memory_limit])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,15 +51,18 @@ def class_covariances() -> list[np.ndarray]:
     return covariances
 
 
-def draw_image(covariance: np.ndarray, rng: np.random.Generator, size: int = 32) -> bytes:
-    pixels = rng.multivariate_normal(np.zeros(3), covariance, size=(size, size))
+def draw_image(covariance: np.ndarray, rng: np.random.Generator, size: int = 32, block: int = 1) -> bytes:
+    """Colours drawn from ``covariance``: one per pixel (``block`` 1), or one per ``block`` x ``block`` square (8:
+    one per DALIP-Tiny patch token, so the class is only in how the tokens co-vary)."""
+    cells = rng.multivariate_normal(np.zeros(3), covariance, size=(size // block, size // block))
+    pixels = np.repeat(np.repeat(cells, block, axis=0), block, axis=1)
     pixels = np.clip(128 + 40 * pixels, 0, 255).astype(np.uint8)  # same mean and spread for every class
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")  # lossless: JPEG's chroma subsampling would blur colours
     return buffer.getvalue()
 
 
-def write_data(folder: Path, train: int, test_per_class: int, seed: int = 0) -> Path:
+def write_data(folder: Path, train: int, test_per_class: int, seed: int = 0, block: int = 1) -> Path:
     """Train shards + manifest under ``folder/train``; a folder-per-class test tree under ``folder/test``."""
     import webdataset as wds
 
@@ -76,14 +79,14 @@ def write_data(folder: Path, train: int, test_per_class: int, seed: int = 0) -> 
                 label = int(rng.integers(len(NAMES)))
                 caption = f"a photo of a {NAMES[label]}."
                 key = f"{i:08d}"
-                sink.write({"__key__": key, "png": draw_image(covariances[label], rng), "txt": caption})
+                sink.write({"__key__": key, "png": draw_image(covariances[label], rng, block=block), "txt": caption})
                 for column, value in zip(rows, (f"s{i}", True, name, key, caption), strict=True):
                     rows[column].append(value)
     pq.write_table(pa.table(rows), shards / "manifest.parquet")
     for label, name in enumerate(NAMES):
         (folder / "test" / name).mkdir(parents=True)
         for j in range(test_per_class):
-            (folder / "test" / name / f"{j:04d}.png").write_bytes(draw_image(covariances[label], rng))
+            (folder / "test" / name / f"{j:04d}.png").write_bytes(draw_image(covariances[label], rng, block=block))
     return shards / "manifest.parquet"
 
 
@@ -119,12 +122,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=4000, help="training pairs")
     parser.add_argument("--test-per-class", type=int, default=50)
     parser.add_argument("--mbdc-dropout", type=float, default=0.5, help="the trainer's default")
+    parser.add_argument("--block", type=int, default=1, help="pixels per colour draw: 1, or 8 (one per patch)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="plantmix-bench-second-order-"))
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     rows: dict[str, list[float]] = {"DALIP f": [], "DALIP z": [], "DALIP f+z": [], "CLIP f": []}
     try:
-        manifest = write_data(work / "data", args.train, args.test_per_class)
+        manifest = write_data(work / "data", args.train, args.test_per_class, block=args.block)
         print("| seed | DALIP f | DALIP z | DALIP f+z | CLIP f | minutes |\n|---|---|---|---|---|---|", flush=True)
         for seed in args.seeds:
             start = time.perf_counter()
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         f"RESULT dalip_second_order ratio={mean['DALIP f+z'] / mean['CLIP f']:.3f} "
         f"dalip_fz={mean['DALIP f+z']:.1f} dalip_z={mean['DALIP z']:.1f} dalip_f={mean['DALIP f']:.1f} "
         f"clip_f={mean['CLIP f']:.1f} seeds={len(args.seeds)} steps={args.steps} batch={args.batch_size} "
-        f"mbdc_dropout={args.mbdc_dropout} "
+        f"mbdc_dropout={args.mbdc_dropout} block={args.block} "
         f"chance={100 / len(NAMES):.1f}"
     )
 

@@ -26,8 +26,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,9 +35,9 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+from child_run import run_side
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
 SIDES = ("bare", "release", "manifest")
 WORDS = "a photo of the red green small large leaf flower tree fern moss bark seed fruit plant".split()
 
@@ -130,7 +128,7 @@ def bare_loader(urls: list[str], preprocess, tokenizer, batch_size: int, shuffle
     return DataLoader(dataset, batch_size=None, num_workers=workers)
 
 
-def run_side(side: str, folder: Path, batch_size: int, workers: int, shuffle: int, image_size: int) -> dict:
+def stream_side(side: str, folder: Path, batch_size: int, workers: int, shuffle: int, image_size: int) -> dict:
     """Stream one pass of the release; samples/s over the whole pass (index build included for manifest)."""
     import open_clip
 
@@ -167,12 +165,7 @@ def run_side(side: str, folder: Path, batch_size: int, workers: int, shuffle: in
 def in_child(side: str, folder: Path, args: argparse.Namespace) -> dict:
     options = {"--batch-size": args.batch_size, "--workers": args.workers, "--shuffle": args.shuffle,
                "--image-size": args.image_size}  # fmt: skip
-    command = [sys.executable, __file__, "--child", side, str(folder), *(str(x) for kv in options.items() for x in kv)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
-    if done.returncode:
-        raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_side(__file__, side, [str(folder), *(str(x) for kv in options.items() for x in kv)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         side, folder = args.child
-        print(json.dumps(run_side(side, Path(folder), args.batch_size, args.workers, args.shuffle, args.image_size)))
+        print(json.dumps(stream_side(side, Path(folder), args.batch_size, args.workers, args.shuffle, args.image_size)))
         return
     work = Path(tempfile.mkdtemp(prefix="plantmix-bench-loader-"))
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
