@@ -19,6 +19,11 @@ rows keep their metadata too, except a row that could not be parsed (bad JSON, w
 without ``metadata_columns``. Query it in DuckDB: ``source_metadata->>'$.NSFW'`` (text),
 ``json_extract(source_metadata, '$.similarity')::DOUBLE``, ``json_extract(source_metadata, '$.face_bboxes[0]')``.
 
+Parallel crawl: a pool in many files is crawled one file per unit; ``chunk_rows: 1000000`` also cuts any file with
+more rows into parts of that many rows (``<file>#rows=1-1000000``, see :mod:`pipeline.sources.chunks`), so one
+huge file (CC12M's single TSV) spreads over workers too and a rerun resumes per chunk; the joined rows are the
+same as reading the file whole.
+
 Licenses: pools rarely publish per-image licenses. ``default_license`` (default ``"unspecified"``) fills rows
 without one; ``"unspecified"`` is an accepted code meaning "the pool states no per-image license" -- it is recorded,
 not invented. Set ``default_license: null`` to reject such rows instead.
@@ -61,6 +66,7 @@ from pipeline.sources.base import (
     reject,
     rewrite_url,
 )
+from pipeline.sources.chunks import chunk_parts, parquet_rows, rows_between, split_part, text_lines
 from pipeline.sources.textfiles import DecodedLines, open_binary, read_table
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -84,6 +90,8 @@ class Config:
     url_rewrite: dict[str, str] | None = None  # URL prefix -> replacement, for mirrors / offline samples
     # pool columns kept per row in `source_metadata` (a JSON object, keys in this order), e.g. [similarity, NSFW]
     metadata_columns: list[str] | None = None
+    # split each file into parts of this many rows, each crawled as its own unit (one huge file: CC12M's TSV)
+    chunk_rows: int | None = None
 
     def __post_init__(self) -> None:
         where = f"source {self.name!r} (url_caption_pool)"
@@ -104,6 +112,8 @@ class Config:
                 raise ConfigError(f"{where}: columns must be a list of column names, e.g. [url, caption]")
             self.columns = list(self.columns)
         self.url_rewrite = check_url_rewrite(self.url_rewrite, where)
+        if self.chunk_rows is not None and (not isinstance(self.chunk_rows, int) or self.chunk_rows < 1):
+            raise ConfigError(f"{where}: chunk_rows must be a positive number of rows, got {self.chunk_rows!r}")
         if self.metadata_columns is not None:
             names = self.metadata_columns
             if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) and c for c in names):
@@ -291,14 +301,28 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
 
 
 def parts(config: Config) -> list[str]:
-    """The pool's files: the crawl reads each as its own unit (a DataComp shard list spreads over workers)."""
-    return pool_files(config)
+    """The pool's files: the crawl reads each as its own unit (a DataComp shard list spreads over workers); with
+    ``chunk_rows``, a file with more rows is cut into parts of that many rows (``<file>#rows=1-1000000``)."""
+    files = pool_files(config)
+    if not config.chunk_rows:
+        return files
+    return [part for path in files for part in chunk_parts(path, _row_bound(config, path), config.chunk_rows)]
 
 
-def read_part(config: Config, ctx: CrawlContext, path: str) -> Iterator[dict]:
-    """The candidate rows of one pool file (``input_row`` counts rows of that file, as in :func:`read`)."""
+def _row_bound(config: Config, path: str) -> int:
+    """At least the file's data rows: a Parquet file's own count, a text file's lines (less a header line)."""
+    if config.format == "parquet":
+        return parquet_rows(path)
+    header = config.format in ("csv", "tsv") and config.columns is None
+    return max(0, text_lines(path) - header)
+
+
+def read_part(config: Config, ctx: CrawlContext, part: str) -> Iterator[dict]:
+    """The candidate rows of one pool file, or of a chunk of one (``input_row`` counts rows of that file, as in
+    :func:`read`)."""
+    path, first, last = split_part(part)
     reader = {"parquet": _parquet, "csv": _delimited, "tsv": _delimited, "jsonl": _jsonl}[config.format or ""]
-    yield from _read_file(config, ctx, path, reader(config, path))
+    yield from _read_file(config, ctx, path, rows_between(reader(config, path), first, last))
 
 
 def _read_file(config: Config, ctx: CrawlContext, path: str, rows: Iterator) -> Iterator[dict]:

@@ -30,6 +30,7 @@ from pipeline.core.config import SourceSpec
 from pipeline.core.harness import Build, Stage, unit_fingerprints
 from pipeline.core.io import join, url_to_fs
 from pipeline.sources.base import CrawlContext
+from pipeline.sources.chunks import part_file
 from pipeline.sources.registry import read_source_batches, source_parts
 
 BATCH_ROWS = 8_192  # adapter rows held as Python dicts before they are written out (sets the crawl's peak memory)
@@ -61,7 +62,7 @@ class CrawlPartsStage(Stage):
     def provenance(self, build: Build, unit: str) -> dict[str, Any]:
         spec, part = _part_of(build, unit)
         return {"source": spec.name, "adapter": spec.adapter, "options": spec.options, "part": part,
-                "inputs": _files_state(part)}  # fmt: skip
+                "inputs": _files_state(part_file(part))}  # fmt: skip
 
     def decides(self, build: Build, unit: str) -> Any:
         return {"stage": self.name, **self.provenance(build, unit), "caption_style": build.recipe.caption_style}

@@ -179,3 +179,35 @@ def test_a_pool_in_part_files_crawls_one_unit_per_file_then_joins_them_in_order(
     (folder / "part-0.csv").write_text("uid,url,caption\nnew,http://h/new.jpg,cap\n")
     with pytest.raises(StageMismatch):
         run_unit(parts_stage, build, "pool.part-00000")
+
+
+def test_one_big_pool_file_with_chunk_rows_is_crawled_in_units_and_resumes_per_chunk(tmp_path):
+    """chunk_rows cuts a single file into crawl_parts units; a unit done before a rerun is not redone; the joined
+    crawl equals crawling the file whole, repeats across chunks included; a changed file is refused."""
+    from pipeline.runner import run_stage
+
+    big = tmp_path / "cc12m.tsv"
+    lines = [f"http://h/{i % 9}.jpg\tcaption {i}" for i in range(20)]  # URLs repeat across chunks
+    big.write_text("\n".join(lines) + "\n")
+    options = {"path": str(big), "columns": ["url", "caption"]}
+    chunked = SourceSpec("cc12m", "url_caption_pool", {**options, "chunk_rows": 6})
+    build = Build.of(Recipe(name="t", output_dir=str(tmp_path / "build"), sources=[chunked]))
+    parts_stage = crawl.CrawlPartsStage()
+    assert parts_stage.plan(build) == [f"cc12m.part-{k:05d}" for k in range(4)]
+    run_unit(parts_stage, build, "cc12m.part-00002")
+    done = tmp_path / "build" / "crawl_parts" / "cc12m.part-00002.done.json"
+    first = done.stat().st_mtime_ns
+    run_stage(parts_stage, build)
+    assert done.stat().st_mtime_ns == first
+    record = run_unit(crawl.CrawlStage(), build, "cc12m")
+    assert record["stats"]["rows"] == 20 and record["stats"]["parts"] == 4
+    assert record["stats"]["status"] == {"pending": 9, "rejected": 11}  # 11 repeated URLs (same sample_id)
+
+    whole = SourceSpec("cc12m", "url_caption_pool", options)
+    run_unit(crawl.CrawlStage(), Build.of(Recipe(name="t", output_dir=str(tmp_path / "whole"), sources=[whole])),
+             "cc12m")  # fmt: skip
+    assert crawled(tmp_path, "cc12m") == pq.read_table(tmp_path / "whole" / "crawl" / "cc12m.parquet").to_pylist()
+
+    big.write_text("\n".join(lines[:-1]) + "\nhttp://h/new.jpg\tchanged\n")
+    with pytest.raises(StageMismatch):
+        run_unit(parts_stage, build, "cc12m.part-00000")

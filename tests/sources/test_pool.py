@@ -331,3 +331,45 @@ def test_source_metadata_can_be_queried_with_duckdb_json_functions(tmp_path, ctx
         "AND json_extract(source_metadata, '$.similarity')::DOUBLE > 0.3"
     ).fetchall()
     assert found == [("https://l.example/1.jpg",)]
+
+
+@pytest.mark.parametrize("kind", ["tsv_headerless", "csv_gz", "jsonl", "parquet"])
+def test_chunk_rows_cuts_one_file_into_parts_whose_rows_joined_are_the_whole_files(tmp_path, ctx, kind):
+    """A single big file, cut into parts of 4 rows: each part reads only its rows (same input_row numbers, a bad
+    row rejected in its own part), and the parts in order give exactly the rows of the file read whole."""
+    from pipeline.sources import pool
+    from pipeline.sources.chunks import split_part
+
+    rows = [(f"http://h/{i}.jpg", f"caption {i}") for i in range(11)]
+    options = {"name": "big", "chunk_rows": 4}
+    if kind == "tsv_headerless":
+        path = tmp_path / "cc12m.tsv"
+        lines = [f"{u}\t{c}" for u, c in rows]
+        lines[5] = "only-one-field"  # a malformed line: a rejected row in the second part
+        path.write_text("\n".join(lines) + "\n")
+        options["columns"] = ["url", "caption"]
+    elif kind == "csv_gz":
+        path = tmp_path / "pool.csv.gz"
+        with gzip.open(path, "wt") as f:
+            f.write("url,caption\n" + "".join(f"{u},{c}\n" for u, c in rows))
+    elif kind == "jsonl":
+        path = tmp_path / "pool.jsonl"
+        path.write_text("".join(json.dumps({"url": u, "caption": c}) + "\n" for u, c in rows))
+    else:
+        path = tmp_path / "pool.parquet"
+        pq.write_table(pa.table({"url": [u for u, _ in rows], "caption": [c for _, c in rows]}), path,
+                       row_group_size=3)  # fmt: skip
+    options["path"] = str(path)
+    config = pool.Config.from_dict(options)
+    parts = pool.parts(config)
+    assert [split_part(p)[1:] for p in parts] == [(1, 4), (5, 8), (9, 11)]
+    whole = list(pool.read(pool.Config.from_dict({**options, "chunk_rows": None}), ctx))
+    chunked = [row for part in parts for row in pool.read_part(config, ctx, part)]
+    assert chunked == whole and [r["input_row"] for r in chunked] == list(range(1, 12))
+    assert all(r["input_file"] == str(path) for r in chunked)
+    if kind == "tsv_headerless":
+        second = list(pool.read_part(config, ctx, parts[1]))
+        assert [r["status"] for r in second] == ["pending", "rejected", "pending", "pending"]
+    assert pool.parts(pool.Config.from_dict({**options, "chunk_rows": 11})) == [str(path)]  # small enough: whole
+    with pytest.raises(ConfigError, match="chunk_rows must be a positive number"):
+        pool.Config.from_dict({**options, "chunk_rows": 0})
