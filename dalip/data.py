@@ -15,6 +15,7 @@ import json
 import logging
 import posixpath
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +173,10 @@ def read_manifest(
     missing shard file.
     """
     files = manifest_files(manifest)
+    start = time.perf_counter()
     index, found, counts = build_caption_index(lambda found: _kept_rows(files, caption, found), index_folder)
+    log.info("caption index of %d kept rows in %d shards built in %.1f s: %s", sum(counts.values()), len(counts),
+             time.perf_counter() - start, index.path)  # fmt: skip
     if not counts:
         raise ValueError(f"manifest {manifest}: no row has keep = true; nothing to train on")
     for url, origin in found.shard_origin.items():

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from dalip.bdc import VARIANTS, MbdcConfig
 from dalip.checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
-from dalip.data import ShardStream, StreamStats, make_loader, read_manifest, read_release
+from dalip.data import ManifestSelection, ShardStream, StreamStats, make_loader, read_manifest, read_release
 from dalip.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from dalip.loss import LOSS_VARIANTS, DalipLoss
 from dalip.model import DalipModel
@@ -113,6 +113,23 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, distributed: bool 
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-6)
 
 
+def _read_manifest_once(cfg: TrainConfig, info: DistInfo) -> ManifestSelection:
+    """The manifest's selection, its caption index built once: rank 0 builds it and sends the selection (shard
+    lists and the index's path: nothing per row) to the other ranks; a rank that cannot see the index file (on
+    another node, with a node-local temp dir) builds its own."""
+    if not info.distributed:
+        return read_manifest(cfg.manifest, cfg.caption, cfg.caption_index_dir)
+    holder = [read_manifest(cfg.manifest, cfg.caption, cfg.caption_index_dir) if info.is_main else None]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    selection = holder[0]
+    if not info.is_main:
+        if Path(selection.index.path).is_file():
+            log.info("rank %d: using rank 0's caption index %s", info.rank, selection.index.path)
+        else:
+            selection = read_manifest(cfg.manifest, cfg.caption, cfg.caption_index_dir)
+    return selection
+
+
 def _autocast(cfg: TrainConfig, device: torch.device) -> tuple[torch.autocast, bool]:
     """The autocast context and whether a GradScaler is needed (fp16 only)."""
     if cfg.precision == "amp" and device.type == "cuda":
@@ -147,7 +164,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             cfg.train_data, cfg.caption, cfg.train_num_samples, cfg.train_data_upsampling_factors, cfg.seed
         )
     else:
-        selection = read_manifest(cfg.manifest, cfg.caption, cfg.caption_index_dir)
+        selection = _read_manifest_once(cfg, info)
     steps_per_epoch = selection.num_samples // (cfg.batch_size * cfg.accum_freq * info.world_size)
     if steps_per_epoch == 0:
         raise ValueError(

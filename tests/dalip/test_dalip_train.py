@@ -6,6 +6,7 @@ import gc
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -88,7 +89,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(shards: Path, out: Path, *extra: str) -> None:
+def _torchrun(shards: Path, out: Path, *extra: str) -> str:
+    """``dalip.train`` on 2 gloo ranks; returns their log (stderr)."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(_free_port()), "-m", "dalip.train",
@@ -97,11 +99,14 @@ def _torchrun(shards: Path, out: Path, *extra: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stderr
 
 
 def test_torchrun_two_cpu_processes_with_gloo(shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    _torchrun(shards, out, "--max-steps", "6", "--save-every", "3")
+    log = _torchrun(shards, out, "--max-steps", "6", "--save-every", "3")
+    assert len(re.findall(r"caption index of \d+ kept rows", log)) == 1  # built by rank 0 only ...
+    assert log.count("rank 1: using rank 0's caption index") == 1  # ... and read by rank 1
     losses = _losses(out)
     assert sorted(losses) == list(range(1, 7)) and all(math.isfinite(v) for v in losses.values())
     ckpt = load_checkpoint(out / "checkpoints" / "step_00000006.pt")
