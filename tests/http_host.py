@@ -28,6 +28,16 @@ class QuietHandler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
+    def reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        """Send a whole response with its length; a client that hung up early is not an error here."""
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError):
+            self.wfile.write(body)
+
 
 class LoopbackHost:
     """A threaded HTTP server on 127.0.0.1 (a free port) around a handler class; ``with`` starts and stops it."""
@@ -35,7 +45,8 @@ class LoopbackHost:
     def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # serve_forever's default 0.5 s poll would make each shutdown (and each test) half a second long
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def port(self) -> int:
@@ -64,13 +75,7 @@ class ImageHost(LoopbackHost):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 host.requests.append((time.monotonic(), self.path, dict(self.headers)))
                 body, status, headers = host.route(self.path)
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError):
-                    self.wfile.write(body)
+                self.reply(status, headers, body)
 
         super().__init__(Handler)
 

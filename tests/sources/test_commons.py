@@ -10,10 +10,8 @@ allowlists only 127.0.0.1.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
-import threading
 import time
 from urllib.parse import parse_qsl, urlsplit
 
@@ -136,17 +134,9 @@ class CommonsAPI(LoopbackHost):
                 params = dict(parse_qsl(urlsplit(self.path).query))
                 host.requests.append((time.monotonic(), params, dict(self.headers)))
                 status, headers, body = host.answer(params)
-                self.send_response(status)
-                for k, v in {"Content-Type": "application/json; charset=utf-8", **headers}.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError):
-                    self.wfile.write(body)
+                self.reply(status, {"Content-Type": "application/json; charset=utf-8", **headers}, body)
 
         super().__init__(Handler)
-        # serve_forever's default 0.5 s poll would make each shutdown (and each test) half a second long
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def answer(self, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         if self.special and (special := self.special(params, len(self.requests))):
