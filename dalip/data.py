@@ -308,12 +308,8 @@ class ShardStream(IterableDataset):
             if "__unselected__" in sample:
                 stats.unselected += 1
                 continue
-            ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
             try:
-                if ext is None:
-                    raise ValueError("no image file in sample")
-                image = Image.open(io.BytesIO(sample[ext]))
-                image = image.convert("RGB")  # forces a full decode, so truncated bytes fail here
+                image = decode_image(sample)
             except Exception as exn:  # noqa: BLE001 - any undecodable image is skipped and counted, never fatal
                 stats.corrupt += 1
                 stats.corrupt_keys.append(f"{sample['__url__']}:{sample['__key__']} ({type(exn).__name__})")
@@ -360,6 +356,14 @@ class ShardStream(IterableDataset):
                 i = rng.randrange(len(buffer))
                 buffer[i], sample = sample, buffer[i]
                 yield sample
+
+
+def decode_image(sample: dict[str, Any]) -> Image.Image:
+    """The sample's image, fully decoded to RGB (truncated bytes fail here); ``ValueError`` when it has none."""
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if ext is None:
+        raise ValueError("no image file in sample")
+    return Image.open(io.BytesIO(sample[ext])).convert("RGB")
 
 
 def read_shards(urls: list[str]) -> Iterator[dict[str, Any]]:

@@ -9,7 +9,6 @@ manifest that have no kept row (held out of training), read from its shards. Pri
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 from collections.abc import Sequence
@@ -21,7 +20,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from open_clip import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES, build_zero_shot_classifier
-from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from dalip.bdc import MbdcConfig
@@ -32,12 +30,13 @@ from dalip.data import (
     COL_SCIENTIFIC_NAME,
     COL_SHARD,
     COL_STATUS,
-    IMAGE_EXTENSIONS,
+    decode_image,
     manifest_files,
     read_shards,
     resolve_shard,
 )
 from dalip.model import DalipModel
+from dalip.precision import PRECISIONS, autocast_for
 from dalip.suite import load_suite, open_dataset, table
 from dalip.tiny import register_tiny_model
 
@@ -110,12 +109,11 @@ def manifest_dataset(
     items = []
     for sample in read_shards(sorted({url for url, _ in wanted})):
         label = wanted.get((sample.get("__url__"), sample.get("__key__")))
-        ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-        if label is None or ext is None:
+        if label is None:
             continue
         try:
-            image = Image.open(io.BytesIO(sample[ext])).convert("RGB")
-        except OSError as exn:
+            image = decode_image(sample)
+        except (OSError, ValueError) as exn:
             log.warning("skipping undecodable image %s:%s (%s)", sample["__url__"], sample["__key__"], exn)
             continue
         items.append((preprocess(image), label))
@@ -146,7 +144,7 @@ def zero_shot(
     correct = {name: [0, 0] for name in ("f", "z", "both")}
     total = 0
     for images, labels in loader:
-        with inference_autocast(precision, device):
+        with autocast_for(precision, device):
             emb = {name: value.float() for name, value in model.encode(image=images.to(device), normalize=True).items()}
         sim_f, sim_z = emb["image_f"] @ weights_f, emb["image_z"] @ weights_z
         labels = labels.to(device)
@@ -156,13 +154,6 @@ def zero_shot(
             correct[name][1] += (top == labels[:, None]).any(dim=-1).sum().item()
         total += len(labels)
     return {name: {"top1": 100.0 * c1 / total, "top5": 100.0 * c5 / total} for name, (c1, c5) in correct.items()}
-
-
-def inference_autocast(precision: str, device: str) -> torch.autocast:
-    """fp16 (``amp``) or bf16 (``amp_bf16``) autocast on GPU; a no-op on CPU and for ``fp32``."""
-    dtype = {"amp": torch.float16, "amp_bf16": torch.bfloat16}.get(precision)
-    kind = torch.device(device).type
-    return torch.autocast(kind, dtype=dtype, enabled=dtype is not None and kind == "cuda")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -187,7 +178,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambdas", type=float, nargs=2, default=(1.0, 1.0), metavar=("L1", "L2"))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="loader workers decoding images")
-    p.add_argument("--precision", choices=("amp", "amp_bf16", "fp32"), default="amp", help="autocast on GPU")
+    p.add_argument("--precision", choices=PRECISIONS, default="amp", help="amp: fp16 on GPU; amp_bf16: bf16")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output", help="write the JSON here too")
 

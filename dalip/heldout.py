@@ -10,7 +10,6 @@ in hand is held.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dalip.data import IMAGE_EXTENSIONS, ManifestSelection, read_shards
+from dalip.data import ManifestSelection, decode_image, read_shards
 
 
 @dataclass
@@ -48,11 +47,8 @@ class KeptPairs(IterableDataset):
                 yield self._decoded(sample, caption)
 
     def _decoded(self, sample: dict[str, Any], caption: str) -> tuple[torch.Tensor, str] | None:
-        ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
         try:
-            if ext is None:
-                raise ValueError("no image file in sample")
-            return self.preprocess(Image.open(io.BytesIO(sample[ext])).convert("RGB")), caption
+            return self.preprocess(decode_image(sample)), caption
         except Exception:  # noqa: BLE001 - an undecodable image is skipped and counted, as in training
             return None
 

@@ -19,9 +19,10 @@ import torch
 from open_clip_train.train import get_clip_metrics
 
 from dalip.data import read_manifest
-from dalip.evaluate import add_model_arguments, inference_autocast, load_model, write_report
+from dalip.evaluate import add_model_arguments, load_model, write_report
 from dalip.heldout import HeldOutCount, kept_batches
 from dalip.model import DalipModel
+from dalip.precision import autocast_for
 
 log = logging.getLogger("dalip.retrieval")
 
@@ -41,7 +42,7 @@ def retrieval_metrics(
     feats: dict[str, list[torch.Tensor]] = {"image_f": [], "image_z": [], "text_f": [], "text_z": []}
     for images, captions in batches:
         text = tokenizer(list(captions)).to(device)
-        with inference_autocast(precision, device):
+        with autocast_for(precision, device):
             encoded = model.encode(image=images.to(device), text=text, normalize=True)
         for name, value in encoded.items():
             feats[name].append(value.float().cpu())

@@ -31,11 +31,11 @@ from dalip.data import ManifestSelection, ShardStream, StreamStats, make_loader,
 from dalip.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from dalip.loss import LOSS_VARIANTS, DalipLoss
 from dalip.model import DalipModel
+from dalip.precision import PRECISIONS, autocast_for
 from dalip.report import TrainReport, parse_report_to
 from dalip.tiny import register_tiny_model
 
 log = logging.getLogger("dalip.train")
-PRECISIONS = ("amp", "amp_bf16", "fp32")
 
 
 @dataclass
@@ -130,15 +130,6 @@ def _read_manifest_once(cfg: TrainConfig, info: DistInfo) -> ManifestSelection:
     return selection
 
 
-def _autocast(cfg: TrainConfig, device: torch.device) -> tuple[torch.autocast, bool]:
-    """The autocast context and whether a GradScaler is needed (fp16 only)."""
-    if cfg.precision == "amp" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16), True
-    if cfg.precision == "amp_bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16), False
-    return torch.autocast(device.type, enabled=False), False
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -183,7 +174,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )  # fmt: skip
     optimizer = build_optimizer(model, cfg, info.distributed)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, total_steps))
-    autocast, use_scaler = _autocast(cfg, info.device)
+    autocast = autocast_for(cfg.precision, info.device)
+    use_scaler = cfg.precision == "amp" and info.device.type == "cuda"  # fp16 needs loss scaling; bf16 does not
     scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
     ddp_model = model
     if info.distributed:

@@ -29,10 +29,10 @@ import torch
 from dalip.bdc import MbdcConfig
 from dalip.checkpoint import load_checkpoint
 from dalip.data import COL_DOMAIN, COL_KEEP, manifest_files, read_manifest
-from dalip.evaluate import inference_autocast
 from dalip.heldout import HeldOutCount, kept_batches
 from dalip.loss import DalipLoss
 from dalip.model import DalipModel
+from dalip.precision import PRECISIONS, autocast_for
 from dalip.tiny import register_tiny_model
 
 log = logging.getLogger("dalip.validate")
@@ -66,12 +66,12 @@ def validation_loss(
     workers: int = 2, precision: str = "amp",
 ) -> dict[str, Any]:  # fmt: skip
     """Mean loss over the manifest's kept rows in full batches (one short batch if there is no full one); the
-    batches are the same for any ``workers``; ``precision`` amp / amp_bf16 autocast on GPU."""
+    batches are the same for any ``workers``; ``precision`` as in training (``dalip.precision``)."""
     selection = read_manifest(manifest, caption)
     count = HeldOutCount()
     losses: list[float] = []
     short: tuple[torch.Tensor, list[str]] | None = None
-    autocast = inference_autocast(precision, device)
+    autocast = autocast_for(precision, device)
     with torch.no_grad():
         for images, texts in kept_batches(selection, validator.preprocess, batch_size, workers, count=count):
             if len(texts) < batch_size:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--caption", default="caption")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=2, help="loader workers (the batches do not depend on them)")
-    p.add_argument("--precision", choices=("amp", "amp_bf16", "fp32"), default="amp", help="autocast on GPU")
+    p.add_argument("--precision", choices=PRECISIONS, default="amp", help="amp: fp16 on GPU; amp_bf16: bf16")
     p.add_argument("--output", help="write the JSON here too")
     a = p.parse_args(argv)
     validator = load_for_validation(a.checkpoint, a.device)
