@@ -174,7 +174,7 @@ def read_source_batches(
     if part is not None:
         rows = iter(module.read_part(config, ctx, part))
     elif callable(getattr(module, "read_batches", None)):
-        yield from module.read_batches(config, ctx)
+        yield from module.read_batches(config, ctx, batch_rows)
         return
     else:
         rows = iter(module.read(config, ctx))

@@ -7,7 +7,7 @@ from source_fixtures import OBSERVATIONS, PHOTOS, tsv
 from pipeline.core.schema import CANDIDATE_SCHEMA
 from pipeline.sources import inaturalist
 from pipeline.sources.base import SourceError
-from pipeline.sources.registry import read_source
+from pipeline.sources.registry import read_source, read_source_batches
 
 
 def crawl(folder, ctx, **options):
@@ -118,3 +118,11 @@ def test_repeated_ids_in_lookup_tables_name_file_row_and_id(inat_dir, ctx):
     taxa.write_text(taxa.read_text() + "13\t48460/1\t10\tspecies\tApis mellifera\ttrue\n")
     with pytest.raises(SourceError, match=r"taxa.csv row 11 \(line 12\), field taxon_id: id '13' repeats"):
         crawl(inat_dir, ctx)
+
+
+def test_batches_hold_at_most_the_batch_size_the_crawl_asks_for(inat_dir, ctx):
+    # The crawl's batch size bounds what the adapter hands over at a time (and so the crawl's peak memory).
+    options = {"directory": str(inat_dir), "common_names": "common_names.csv"}
+    batches = list(read_source_batches("inaturalist", options, ctx, batch_rows=2))
+    assert [b.num_rows for b in batches] == [2, 2, 1]
+    assert [r for b in batches for r in b.column("input_row").to_pylist()] == [1, 2, 3, 4, 5]
