@@ -1,10 +1,16 @@
-"""Pieces of one large input file as crawl parts, so a single 12M-line TSV (CC12M) spreads over workers too.
+"""Pieces of one large input as crawl parts, so a single 12M-line TSV (CC12M) or a whole iNaturalist export
+spreads over workers too.
 
 A chunked part is ``<file>#rows=<first>-<last>``: the file's data rows ``first`` to ``last`` (1-based, as the
 adapter numbers ``input_row``). The adapter reads the file from the start and skips the rows before ``first``
 (numbering needs them), so every part's rows, joined in part order, are exactly the rows of the whole file.
 The row count is bounded from above before reading (a Parquet file's metadata, or a text file's line count),
 so a last part may hold no row.
+
+A partition is ``<location>#partition=<k>/<n>``: the rows whose join key falls in hash partition ``k`` of ``n``
+(1-based), for exports whose rows join to large tables (iNaturalist's photos to observations): each part reads
+only its share of both sides, so no worker holds a whole lookup table. Every row is in exactly one partition;
+joined in part order the rows are those of the whole export, ordered by partition and then by row.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pipeline.sources.base import ConfigError
 from pipeline.sources.textfiles import open_binary
 
 ROWS_MARK = "#rows="
+PARTITION_MARK = "#partition="
 _BLOCK = 4 << 20
 
 
@@ -43,8 +50,28 @@ def split_part(part: str) -> tuple[str, int | None, int | None]:
 
 
 def part_file(part: str) -> str:
-    """The file a part reads (a chunked part's file, or the part itself)."""
-    return split_part(part)[0]
+    """The file (or folder) a part reads: a chunked part's file, a partition's location, or the part itself."""
+    return split_partition(part)[0] if PARTITION_MARK in part else split_part(part)[0]
+
+
+def partition_parts(location: str, count: int) -> list[str]:
+    """``count`` hash partitions of ``location`` (none for one: the location is then read whole)."""
+    return [f"{location}{PARTITION_MARK}{k}/{count}" for k in range(1, count + 1)] if count > 1 else []
+
+
+def split_partition(part: str) -> tuple[str, int, int]:
+    """``(location, k, n)`` of a partition part."""
+    location, mark, span = part.rpartition(PARTITION_MARK)
+    k, _, n = span.partition("/")
+    if not (mark and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise ConfigError(f"{part}: a partition part names itself as {PARTITION_MARK}<k>/<n> with 1 <= k <= n")
+    return location, int(k), int(n)
+
+
+def in_partition_sql(key_sql: str, k: int, n: int) -> str:
+    """SQL: is the row whose join key is ``key_sql`` in partition ``k`` of ``n``? md5, not DuckDB's ``hash``,
+    which may change between DuckDB versions (a resumed crawl would then lose or repeat rows)."""
+    return f"md5_number_lower(coalesce({key_sql}, '')) % {int(n)} = {int(k) - 1}"
 
 
 def rows_between(rows: Iterator[tuple], first: int | None, last: int | None) -> Iterator[tuple]:

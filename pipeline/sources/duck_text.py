@@ -40,10 +40,12 @@ def load_table(
     required: Sequence[str],
     columns: Sequence[str],
     delimiter: str = "\t",
+    where: str | None = None,
 ) -> None:
     """Temp table ``table(data_row, line, problem, <columns>)`` from a headed text file, one row per record.
 
-    ``columns`` not in the header are NULL (they must then not be ``required``).
+    ``columns`` not in the header are NULL (they must then not be ``required``). ``where`` (SQL over the columns)
+    keeps only the records it holds for, numbered as in the whole file.
     """
     header = read_header(path, required=required, delimiter=delimiter)
     position = {name: i + 1 for i, name in enumerate(header)}  # a repeated name: the last one wins, as in a dict
@@ -71,6 +73,8 @@ def load_table(
                CASE WHEN len(f) <> {n} THEN 'expected {n} fields, found ' || len(f) END AS problem, {values}
         FROM records WHERE data_row >= 1
     """
+    if where:
+        records = f"SELECT * FROM ({records}) WHERE {where}"
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {ident(table)} AS {records}")
     except duckdb.Error as exc:

@@ -19,6 +19,11 @@ Attribution follows iNaturalist: ``"(c) <name or login>, some rights reserved (C
 ``source_record_id`` is ``"{photo_id}:{observation_uuid}"``: photo_id alone repeats in real exports (one photo
 attached to two observations), and a sample_id must not.
 
+Parallel crawl: ``partitions: 16`` crawls the export as 16 units (``<directory>#partition=3/16``), photos and
+observations split by an md5 of ``observation_uuid``: each unit reads the files whole but keeps only its share of
+both (taxa, observers and common names whole), so workers spread the join and each resumes on its own. The joined
+rows are the whole crawl's, sample ids included, ordered by partition, then by row of ``photos.csv``.
+
 Scale: the join, the filters and every column are one DuckDB query (``pipeline.sources.duck_rules`` holds the
 shared row rules in SQL), streamed out in Arrow batches in ``photos.csv`` order; DuckDB spills past the recipe's
 ``duckdb.memory_limit``, so the full export (hundreds of millions of photos) crawls without cutting it first.
@@ -52,6 +57,7 @@ from pipeline.sources.base import (
     check_url_rewrite,
     config_from_dict,
 )
+from pipeline.sources.chunks import in_partition_sql, partition_parts, split_partition
 from pipeline.sources.textfiles import read_table
 
 SIZES = ("square", "small", "medium", "large", "original")
@@ -72,6 +78,7 @@ class Config:
     min_rank: str | None = "species"  # reject identifications coarser than this rank; None = any rank
     kingdoms: tuple[str, ...] = ("Plantae",)  # accepted kingdoms; empty = all
     url_rewrite: dict[str, str] | None = None  # URL prefix -> replacement, for mirrors / offline samples
+    partitions: int | None = None  # crawl as this many units (hash partitions of observation_uuid); None = one
 
     def __post_init__(self) -> None:
         where = f"source {self.name!r} (inaturalist)"
@@ -84,6 +91,10 @@ class Config:
         self.kingdoms = tuple(self.kingdoms)
         self.url_rewrite = check_url_rewrite(self.url_rewrite, where)
         self.base_url = self.base_url.rstrip("/")
+        if self.partitions is not None and (
+            isinstance(self.partitions, bool) or not isinstance(self.partitions, int) or self.partitions < 1
+        ):
+            raise ConfigError(f"{where}: partitions must be a positive number of units, got {self.partitions!r}")
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> Config:
@@ -135,9 +146,24 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
             yield row
 
 
-def read_batches(config: Config, ctx: CrawlContext, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
-    """Candidate rows as Arrow batches of ``CANDIDATE_SCHEMA``, in ``photos.csv`` order (every row, with reasons)."""
+def parts(config: Config) -> list[str]:
+    """With ``partitions``, one crawl unit per hash partition of the export; none otherwise (read whole)."""
+    return partition_parts(config.directory, config.partitions or 1)
+
+
+def read_part_batches(config: Config, ctx: CrawlContext, part: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The candidate rows of one partition (``<directory>#partition=k/n``), in ``photos.csv`` order."""
+    _, k, n = split_partition(part)
+    yield from read_batches(config, ctx, batch_rows, partition=(k, n))
+
+
+def read_batches(
+    config: Config, ctx: CrawlContext, batch_rows: int = 65_536, partition: tuple[int, int] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Candidate rows as Arrow batches of ``CANDIDATE_SCHEMA``, in ``photos.csv`` order (every row, with reasons);
+    of the photos and observations in hash ``partition`` ``(k, n)`` only, if given."""
     directory = config.directory
+    share = in_partition_sql("observation_uuid", *partition) if partition else None
     paths = {stem: _table(directory, stem) for stem in ("photos", "observations", "taxa", "observers")}
     common_path = _inside(directory, config.common_names) if config.common_names else None
     con = duck.connect(ctx.duckdb, *paths.values(), *([common_path] if common_path else []))
@@ -147,13 +173,14 @@ def read_batches(config: Config, ctx: CrawlContext, batch_rows: int = 65_536) ->
             ("taxa", "taxon_id", TAXA_COLUMNS),
             ("observers", "observer_id", OBSERVER_COLUMNS),
         ):
-            duck_text.load_table(con, stem, paths[stem], required=columns, columns=columns)
+            where = share if stem == "observations" else None
+            duck_text.load_table(con, stem, paths[stem], required=columns, columns=columns, where=where)
             duck_text.check_lookup(con, stem, paths[stem], key)
         common = {}
         if common_path:
             common = _lookup(common_path, "taxon_id", ("taxon_id", "common_name"), delimiter=",", quote='"')
         con.register("common_names", _common_table(common))
-        duck_text.load_table(con, "photos", paths["photos"], required=PHOTO_COLUMNS, columns=PHOTO_COLUMNS)
+        duck_text.load_table(con, "photos", paths["photos"], required=PHOTO_COLUMNS, columns=PHOTO_COLUMNS, where=share)
         duck_rules.register_udfs(con, ctx.allowed_schemes)
         _create_taxon_table(con)
         duck_rules.create_caption_table(

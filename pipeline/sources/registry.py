@@ -7,7 +7,8 @@ users obtain the data), ``fields`` (manifest column -> the source field(s) it co
 the license comes from, what is rejected); ``plantmix sources [name]`` prints it. A module is an adapter if it has
 a ``Config`` dataclass (with ``from_dict``) and ``read(config, ctx)``; one that joins its export in DuckDB also
 offers ``read_batches(config, ctx)`` (Arrow batches, no object per row), one whose source comes in many files
-``parts(config)`` and ``read_part(config, ctx, part)`` (the crawl then runs one unit per part). Names resolve through
+``parts(config)`` and ``read_part(config, ctx, part)`` (the crawl then runs one unit per part; ``read_part_batches``
+for a part read as Arrow batches). Names resolve through
 the table, never through string routing in code, so adding a source is one new module plus one registry entry.
 """
 
@@ -171,6 +172,9 @@ def read_source_batches(
     """
     module = load_adapter(adapter_name, registry_path)
     config = module.Config.from_dict(dict(options))
+    if part is not None and callable(getattr(module, "read_part_batches", None)):
+        yield from module.read_part_batches(config, ctx, part, batch_rows)
+        return
     if part is not None:
         rows = iter(module.read_part(config, ctx, part))
     elif callable(getattr(module, "read_batches", None)):

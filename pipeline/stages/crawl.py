@@ -30,7 +30,7 @@ from pipeline.core.config import SourceSpec
 from pipeline.core.harness import Build, Stage, unit_fingerprints
 from pipeline.core.io import join, url_to_fs
 from pipeline.sources.base import CrawlContext
-from pipeline.sources.chunks import part_file
+from pipeline.sources.chunks import PARTITION_MARK, part_file
 from pipeline.sources.registry import read_source_batches, source_parts
 
 BATCH_ROWS = 8_192  # adapter rows held as Python dicts before they are written out (sets the crawl's peak memory)
@@ -54,9 +54,10 @@ PART_SEPARATOR = ".part-"  # unit <source>.part-00003 crawls the fourth file of 
 
 
 class CrawlPartsStage(Stage):
-    """Sources that come in many files (a pool's part files: DataComp and LAION ship thousands) are crawled one
-    file per unit, so an orchestrator spreads them over its workers (Prefect map, Dask) and a rerun resumes per
-    file. Each unit writes ``crawl_parts/<source>.part-<k>.parquet``; the crawl stage then joins a source's parts
+    """Sources that come in many files (a pool's part files: DataComp and LAION ship thousands), one file cut in
+    chunks (``chunk_rows``) or an export split in hash partitions (iNaturalist's ``partitions``) are crawled one
+    part per unit, so an orchestrator spreads them over its workers (Prefect map, Dask) and a rerun resumes per
+    part. Each unit writes ``crawl_parts/<source>.part-<k>.parquet``; the crawl stage then joins a source's parts
     in order and marks repeats across them. Sources read whole plan no unit here."""
 
     name = "crawl_parts"
@@ -69,8 +70,10 @@ class CrawlPartsStage(Stage):
 
     def provenance(self, build: Build, unit: str) -> dict[str, Any]:
         spec, part = _part_of(build, unit)
+        # A file or a chunk of one reads that file; a hash partition reads every input of its source.
+        inputs = input_state(spec) if PARTITION_MARK in part else _files_state(part_file(part))
         return {"source": spec.name, "adapter": spec.adapter, "options": spec.options, "part": part,
-                "inputs": _files_state(part_file(part))}  # fmt: skip
+                "inputs": inputs}  # fmt: skip
 
     def decides(self, build: Build, unit: str) -> Any:
         return {"stage": self.name, **self.provenance(build, unit), "caption_style": build.recipe.caption_style}

@@ -211,3 +211,47 @@ def test_one_big_pool_file_with_chunk_rows_is_crawled_in_units_and_resumes_per_c
     big.write_text("\n".join(lines[:-1]) + "\nhttp://h/new.jpg\tchanged\n")
     with pytest.raises(StageMismatch):
         run_unit(parts_stage, build, "cc12m.part-00000")
+
+
+def test_an_inaturalist_export_in_partitions_crawls_one_unit_each_and_resumes(tmp_path):
+    """partitions: 3 gives three crawl_parts units (resumable each) whose joined crawl holds the whole crawl's rows,
+    the repeated record rejected as it is there; a changed common-names file, even outside the export folder, is
+    refused, not reused."""
+    from pipeline.runner import run_stage
+    from tests.sources.source_fixtures import INAT_TAXA, OBSERVATIONS, OBSERVERS, PHOTOS, TAXA, tsv
+
+    folder = tmp_path / "inat"
+    folder.mkdir()
+    observations = [[f"o{i}", "7", "0", "0", "1", "13" if i % 3 else "14", "research", ""] for i in range(20)]
+    photos = [[f"u{i}", str(100 + i), f"o{i % 20}", "7", "jpg", "CC-BY", "9", "9", "0"] for i in range(60)]
+    tsv(folder / "photos.csv", PHOTOS, [*photos, photos[5]])  # the last row repeats row 6
+    tsv(folder / "observations.csv", OBSERVATIONS, observations)
+    tsv(folder / "taxa.csv", TAXA, INAT_TAXA)
+    tsv(folder / "observers.csv", OBSERVERS, [["7", "jdoe", "Jane Doe"]])
+    names = tmp_path / "names.csv"
+    names.write_text("taxon_id,common_name\n13,Wall iris\n")
+    options = {"directory": str(folder), "common_names": str(names)}
+    spec = SourceSpec("inat", "inaturalist", {**options, "partitions": 3})
+    build = Build.of(Recipe(name="t", output_dir=str(tmp_path / "build"), sources=[spec]))
+    parts_stage = crawl.CrawlPartsStage()
+    assert parts_stage.plan(build) == [f"inat.part-{k:05d}" for k in range(3)]
+    run_unit(parts_stage, build, "inat.part-00001")
+    done = tmp_path / "build" / "crawl_parts" / "inat.part-00001.done.json"
+    first = done.stat().st_mtime_ns
+    run_stage(parts_stage, build)
+    assert done.stat().st_mtime_ns == first
+    record = run_unit(crawl.CrawlStage(), build, "inat")
+    assert record["stats"]["rows"] == 61 and record["stats"]["parts"] == 3
+    assert record["stats"]["status"] == {"pending": 39, "rejected": 22}  # 21 animals (taxon 14), 1 repeat
+
+    whole = Recipe(name="t", output_dir=str(tmp_path / "whole"), sources=[SourceSpec("inat", "inaturalist", options)])
+    run_unit(crawl.CrawlStage(), Build.of(whole), "inat")
+    alone = pq.read_table(tmp_path / "whole" / "crawl" / "inat.parquet").to_pylist()
+    joined = crawled(tmp_path, "inat")
+    assert [r["input_row"] for r in joined] != [r["input_row"] for r in alone]  # by partition, then by row
+    assert sorted(joined, key=lambda r: r["input_row"]) == alone
+    assert "repeats row 6 of" in alone[-1]["error"]
+
+    names.write_text("taxon_id,common_name\n13,Iris\n")
+    with pytest.raises(StageMismatch):
+        run_unit(parts_stage, build, "inat.part-00000")

@@ -15,7 +15,7 @@ import pytest
 from source_fixtures import INAT_TAXA, OBSERVATIONS, OBSERVERS, PHOTOS, TAXA, tsv
 
 from pipeline.sources import inaturalist
-from pipeline.sources.base import CrawlContext
+from pipeline.sources.base import ConfigError, CrawlContext
 
 IDS = ["101", "102", "1 03", "10ü", "1%2", "1%zz", "1#x", "a'b", 'q"', "back\\s", "", "7?x=1", "x[y]", "\u3000"]
 EXTENSIONS = ["jpg", "jpeg", "png", "", "JPG ", "p\u00e9g"]
@@ -106,3 +106,34 @@ def test_the_sql_rules_match_python_on_every_code_point():
     con.close()
     for text, (stripped, lowered, shown) in zip(texts, got, strict=True):
         assert (stripped, lowered, shown) == (text.strip(), text.lower(), repr(text)), text
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hash_partitions_hold_every_row_once_with_the_whole_crawls_values(tmp_path, seed):
+    """``partitions: n``: n parts whose rows, together, are the whole export's (hostile rows, blank lines and
+    dangling references included), each row in exactly one part, each part in photos.csv order."""
+    write_export(tmp_path / "inat", random.Random(seed), 300)
+    options = {"directory": str(tmp_path / "inat"), "common_names": "common_names.csv"}
+    ctx = CrawlContext()
+    whole = list(inaturalist.read(inaturalist.Config.from_dict(options), ctx))
+    config = inaturalist.Config.from_dict({**options, "partitions": 4})
+    parts = inaturalist.parts(config)
+    assert parts == [f"{tmp_path / 'inat'}#partition={k}/4" for k in range(1, 5)]
+    rows = [
+        [row for batch in inaturalist.read_part_batches(config, ctx, part, 64) for row in batch.to_pylist()]
+        for part in parts
+    ]
+    assert all(len(part_rows) > 30 for part_rows in rows)  # the hash spreads the rows
+    for part_rows in rows:
+        assert [r["input_row"] for r in part_rows] == sorted(r["input_row"] for r in part_rows)
+    joined = sorted((row for part_rows in rows for row in part_rows), key=lambda r: r["input_row"])
+    for row in joined:
+        row["caption_variants"] = dict(row["caption_variants"]) if row["caption_variants"] is not None else None
+    assert joined == whole
+    assert inaturalist.parts(inaturalist.Config.from_dict({**options, "partitions": 1})) == []
+
+
+@pytest.mark.parametrize("partitions", [0, -2, True, "4"])
+def test_partitions_must_be_a_positive_count(tmp_path, partitions):
+    with pytest.raises(ConfigError, match="partitions must be a positive number"):
+        inaturalist.Config.from_dict({"directory": str(tmp_path), "partitions": partitions})
