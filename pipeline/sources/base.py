@@ -218,6 +218,12 @@ RANK_LEVELS = {
 }  # fmt: skip
 
 
+def check_partitions(config_where: str, partitions: Any) -> None:
+    """``partitions`` (crawl units of one export) is None or a positive int."""
+    if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1):
+        raise ConfigError(f"{config_where}: partitions must be a positive number of units, got {partitions!r}")
+
+
 def check_taxon_filter(config_where: str, kingdoms: tuple[str, ...], min_rank: str | None) -> None:
     """Validate the kingdom / min_rank options shared by the biodiversity adapters."""
     if min_rank is not None and min_rank not in RANK_LEVELS:

@@ -16,6 +16,7 @@ joined in part order the rows are those of the whole export, ordered by partitio
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,6 +73,13 @@ def in_partition_sql(key_sql: str, k: int, n: int) -> str:
     """SQL: is the row whose join key is ``key_sql`` in partition ``k`` of ``n``? md5, not DuckDB's ``hash``,
     which may change between DuckDB versions (a resumed crawl would then lose or repeat rows)."""
     return f"md5_number_lower(coalesce({key_sql}, '')) % {int(n)} = {int(k) - 1}"
+
+
+def in_partition(key: str | None, k: int, n: int) -> bool:
+    """:func:`in_partition_sql` in Python (DuckDB's ``md5_number_lower``: the digest's last 8 bytes, little-endian),
+    for an adapter's rows read in Python."""
+    digest = hashlib.md5((key or "").encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[8:], "little") % n == k - 1
 
 
 def rows_between(rows: Iterator[tuple], first: int | None, last: int | None) -> Iterator[tuple]:

@@ -88,16 +88,24 @@ def load_table(
 
 
 def load_records(
-    con: duckdb.DuckDBPyConnection, table: str, path: str, *, delimiter: str, skip_lines: int
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    path: str,
+    *,
+    delimiter: str,
+    skip_lines: int,
+    where: str | None = None,
 ) -> str | None:
     """Temp table ``table(data_row, line, f)`` of an unquoted, headerless-by-name text file (a Darwin Core
     Archive's): ``f`` the fields of each record after the first ``skip_lines`` lines, blank lines skipped, as
-    ``textfiles.iter_rows`` numbers them. Returns DuckDB's complaint when it cannot read the file cleanly (bytes
-    that are not UTF-8): the caller then reads it in Python, which names the line."""
+    ``textfiles.iter_rows`` numbers them; only the records ``where`` (SQL over ``f``) holds for, if given, numbered
+    as in the whole file. Returns DuckDB's complaint when it cannot read the file cleanly (bytes that are not
+    UTF-8): the caller then reads it in Python, which names the line."""
     try:
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE {ident(table)} AS
+            SELECT * FROM (
             WITH physical AS (
                 SELECT text, row_number() OVER () AS line
                 FROM read_csv({literal(path)}, columns = {{'text': 'VARCHAR'}}, delim = {literal(_WHOLE_LINE)},
@@ -108,6 +116,7 @@ def load_records(
             )
             SELECT row_number() OVER () AS data_row, line, string_split(text, {literal(delimiter)}) AS f
             FROM physical WHERE line > {int(skip_lines)} AND text IS NOT NULL
+            ) WHERE {where or "true"}
             """
         )
     except duckdb.Error as exc:

@@ -29,6 +29,7 @@ from pipeline.core.duck import literal
 from pipeline.core.schema import CANDIDATE_SCHEMA, TAXONOMY_RANKS
 from pipeline.sources import duck_rules, duck_text
 from pipeline.sources.base import RANK_LEVELS, CrawlContext
+from pipeline.sources.chunks import in_partition_sql
 from pipeline.sources.dwca_meta import Archive, FileSpec, no_media_rows, repeated_core_id, short_core_row
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,10 @@ def read_batches(
     media: FileSpec,
     terms: tuple[dict[str, str], dict[str, tuple[str, ...]]],
     batch_rows: int = 65_536,
+    partition: tuple[int, int] | None = None,
 ) -> Iterator[pa.RecordBatch] | None:
-    """Candidate batches in media-file order, or None when DuckDB cannot read a file cleanly (use Python).
+    """Candidate batches in media-file order, or None when DuckDB cannot read a file cleanly (use Python); of the
+    occurrences and media rows in hash ``partition`` ``(k, n)`` of the core id only, if given.
 
     ``config`` is the adapter's :class:`pipeline.sources.gbif_dwca.Config` (not imported: that module imports
     this one), ``terms`` its occurrence and media term tables."""
@@ -60,15 +63,16 @@ def read_batches(
     con = duck.connect(ctx.duckdb, *([] if archive.zip or archive.tar else [str(archive.path)]))
     try:
         for table, spec in (("core_rows", core), ("media_rows", media)):
+            share = in_partition_sql(_field_sql(spec.id_index), *partition) if partition else None
             complaint = duck_text.load_records(
                 con, table, _local_copy(archive, spec.location, work), delimiter=spec.delimiter,
-                skip_lines=spec.skip_lines,
+                skip_lines=spec.skip_lines, where=share,
             )  # fmt: skip
             if complaint:
                 log.info("%s: %s; read in Python instead", archive.label(spec.location), complaint)
                 return None
         _create_core(con, archive, core, occurrence_terms)
-        _create_media(con, archive, media, media_terms)
+        _create_media(con, archive, media, media_terms, None if partition is None else work)
         duck_rules.register_udfs(con, ctx.allowed_schemes)
         _create_joined(con, config)
         duck_rules.create_fallback_caption_table(
@@ -149,9 +153,20 @@ def _create_core(con: duckdb.DuckDBPyConnection, archive: Archive, core: FileSpe
         raise repeated_core_id(label, number, line, core, core_id)
 
 
+def _field_sql(index: int) -> str:
+    """Field ``index`` (0-based) of the split record ``f``, '' when the record is shorter."""
+    return f"CASE WHEN len(f) > {index} THEN f[{index + 1}] ELSE '' END"
+
+
 def _create_media(
-    con: duckdb.DuckDBPyConnection, archive: Archive, media: FileSpec, terms: dict[str, tuple[str, ...]]
+    con: duckdb.DuckDBPyConnection,
+    archive: Archive,
+    media: FileSpec,
+    terms: dict[str, tuple[str, ...]],
+    partition_work: str | None = None,
 ) -> None:
+    """``media``: one row per media record (of a partition: ``media_rows`` was loaded with one, ``partition_work``
+    then its scratch folder); a media file without data rows raises."""
     values = ", ".join(
         f"coalesce({', '.join(_value_sql(media, uri) for uri in uris)}) AS {duck_text.ident(name)}"
         for name, uris in terms.items()
@@ -159,11 +174,19 @@ def _create_media(
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE media AS
             SELECT data_row, line, len(f) AS fields,
-                   CASE WHEN len(f) > {media.id_index} THEN f[{media.id_index + 1}] ELSE '' END AS core_id, {values}
+                   {_field_sql(media.id_index)} AS core_id, {values}
             FROM media_rows"""
     )
-    if con.sql("SELECT count(*) FROM media").fetchall()[0][0] == 0:
+    empty = con.sql("SELECT count(*) FROM media").fetchall()[0][0] == 0
+    if empty and (partition_work is None or _no_records(con, archive, media, partition_work)):
         raise no_media_rows(archive.label(media.location), media)
+
+
+def _no_records(con: duckdb.DuckDBPyConnection, archive: Archive, spec: FileSpec, work: str) -> bool:
+    """Whether the whole file has no data record (asked only when a partition of it came out empty)."""
+    path = _local_copy(archive, spec.location, work)
+    duck_text.load_records(con, "_all_records", path, delimiter=spec.delimiter, skip_lines=spec.skip_lines)
+    return con.sql("SELECT count(*) FROM _all_records").fetchall()[0][0] == 0
 
 
 def _create_joined(con: duckdb.DuckDBPyConnection, config: Any) -> None:

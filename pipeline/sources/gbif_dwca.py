@@ -34,6 +34,11 @@ Occurrences without a media row yield nothing (there is no image to crawl); thei
 repeats, or a multimedia file without data rows, raises ``SourceError`` (naming file, row and id): a repeated id
 would join its media to one occurrence by chance, and an empty extension would crawl nothing without a word.
 ``input_file`` of a row is ``"<archive>!<member>"``.
+
+Parallel crawl: ``partitions: 16`` crawls the archive as 16 units (``<path>#partition=3/16``), occurrences and
+media rows split by an md5 of the core id (:mod:`pipeline.sources.chunks`): each unit keeps only its share of
+both, so the workers spread the join and each resumes on its own; the joined rows are the whole crawl's, ordered
+by partition, then by media row.
 """
 
 from __future__ import annotations
@@ -59,12 +64,14 @@ from pipeline.sources.base import (
     apply_taxon_filter,
     batches_of,
     build_row,
+    check_partitions,
     check_taxon_filter,
     check_url_rewrite,
     config_from_dict,
     reject,
     rewrite_url,
 )
+from pipeline.sources.chunks import in_partition, partition_parts, split_partition
 from pipeline.sources.dwca_meta import Archive, FileSpec, no_media_rows, repeated_core_id, short_core_row
 from pipeline.sources.textfiles import iter_rows
 
@@ -128,6 +135,7 @@ class Config:
     # dwc:basisOfRecord values kept (case-insensitive), e.g. [HUMAN_OBSERVATION, MACHINE_OBSERVATION] to leave
     # herbarium sheets (PRESERVED_SPECIMEN) out; empty = all
     basis_of_record: tuple[str, ...] = ()
+    partitions: int | None = None  # crawl as this many units (hash partitions of the core id); None = one
 
     def __post_init__(self) -> None:
         where = f"source {self.name!r} (gbif_dwca)"
@@ -141,6 +149,7 @@ class Config:
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: {option} must be a list of strings")
             setattr(self, option, tuple(value))
+        check_partitions(where, self.partitions)
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> Config:
@@ -167,7 +176,9 @@ class _CoreOnDisk:
     a time: memory stays flat however many occurrences the archive holds (a GBIF Plantae download has tens of
     millions), where a dict of them needed ~1 KB each."""
 
-    def __init__(self, archive: Archive, core: FileSpec, ctx: CrawlContext) -> None:
+    def __init__(
+        self, archive: Archive, core: FileSpec, ctx: CrawlContext, partition: tuple[int, int] | None = None
+    ) -> None:
         self.folder = tempfile.mkdtemp(prefix="gbif-core-", dir=duck.spill_directory(ctx.duckdb, create=True))
         self.con = duck.connect(ctx.duckdb)
         self.con.execute(f"ATTACH {duck.literal(os.path.join(self.folder, 'core.duckdb'))} AS core_db")
@@ -176,14 +187,16 @@ class _CoreOnDisk:
         self.con.execute(f"CREATE TABLE core_db.core (core_id VARCHAR, data_row BIGINT, line BIGINT, {columns})")
         self.con.execute("CREATE TABLE core_db.with_media (core_id VARCHAR)")
         self.label, self.location = archive.label(core.location), core.location
-        self._load(archive, core)
+        self._load(archive, core, partition)
 
-    def _load(self, archive: Archive, core: FileSpec) -> None:
+    def _load(self, archive: Archive, core: FileSpec, partition: tuple[int, int] | None) -> None:
         names = ["core_id", "data_row", "line", *self.terms]
         batch: list[list] = []
         for number, line, fields in _records(archive, core):
             if len(fields) <= core.max_index:
                 raise short_core_row(self.label, number, line, core, len(fields))
+            if partition and not in_partition(fields[core.id_index], *partition):
+                continue
             batch.append([fields[core.id_index], number, line, *(core.value(fields, uri) for uri in
                                                                    OCCURRENCE_TERMS.values())])  # fmt: skip
             if len(batch) == BATCH_ROWS:
@@ -244,30 +257,45 @@ def _taxon(occurrence: dict[str, str | None]) -> dict[str, Any]:
     }
 
 
-def read_batches(config: Config, ctx: CrawlContext, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+def parts(config: Config) -> list[str]:
+    """With ``partitions``, one crawl unit per hash partition of the archive; none otherwise (read whole)."""
+    return partition_parts(config.path, config.partitions or 1)
+
+
+def read_part_batches(config: Config, ctx: CrawlContext, part: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The candidate rows of one partition (``<path>#partition=k/n``), in media-file order."""
+    _, k, n = split_partition(part)
+    yield from read_batches(config, ctx, batch_rows, partition=(k, n))
+
+
+def read_batches(
+    config: Config, ctx: CrawlContext, batch_rows: int = 65_536, partition: tuple[int, int] | None = None
+) -> Iterator[pa.RecordBatch]:
     """The candidate rows as Arrow batches: one DuckDB query (:mod:`.dwca_sql`) for unquoted UTF-8 media
-    extensions (GBIF downloads), else :func:`read`'s rows, batched."""
+    extensions (GBIF downloads), else :func:`read`'s rows, batched; of hash ``partition`` ``(k, n)`` only, if
+    given."""
     archive = Archive(config.path)
     core, extensions = archive.describe(OCCURRENCE)
     media = _media_file(archive, core, extensions, config.media)
     if media is not None and dwca_sql.eligible(core, media):
         terms = (OCCURRENCE_TERMS, MEDIA_TERMS)
-        batches = dwca_sql.read_batches(config, ctx, archive, core, media, terms, batch_rows)
+        batches = dwca_sql.read_batches(config, ctx, archive, core, media, terms, batch_rows, partition)
         if batches is not None:
             yield from batches
             return
-    yield from batches_of(read(config, ctx), batch_rows)
+    yield from batches_of(read(config, ctx, partition), batch_rows)
 
 
-def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
-    """Yield one candidate row per image of the archive (rejected rows included, with their reason)."""
+def read(config: Config, ctx: CrawlContext, partition: tuple[int, int] | None = None) -> Iterator[dict]:
+    """Yield one candidate row per image of the archive (rejected rows included, with their reason); of the
+    occurrences in hash ``partition`` ``(k, n)`` of the core id only, if given."""
     archive = Archive(config.path)
     core, extensions = archive.describe(OCCURRENCE)
     media = _media_file(archive, core, extensions, config.media)
     if media is None:
-        yield from _read_associated_media(config, ctx, archive, core)
+        yield from _read_associated_media(config, ctx, archive, core, partition)
         return
-    occurrences = _CoreOnDisk(archive, core, ctx)
+    occurrences = _CoreOnDisk(archive, core, ctx, partition)
     try:
         records = _records(archive, media)
         label, number = archive.label(media.location), 0
@@ -275,6 +303,8 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
             core_ids = [fields[media.id_index] if len(fields) > media.id_index else "" for _, _, fields in batch]
             found = occurrences.lookup(core_ids)
             for (number, line, fields), core_id in zip(batch, core_ids, strict=True):
+                if partition and not in_partition(core_id, *partition):
+                    continue
                 values = {name: _media_value(media, fields, uris) for name, uris in MEDIA_TERMS.items()}
                 occurrence, problem = found.get(core_id), None
                 if len(fields) <= media.max_index:
@@ -323,7 +353,9 @@ def _media_value(spec: FileSpec, fields: list[str], uris: tuple[str, ...]) -> st
     return next((value for uri in uris if (value := spec.value(fields, uri)) is not None), None)
 
 
-def _read_associated_media(config: Config, ctx: CrawlContext, archive: Archive, core: FileSpec) -> Iterator[dict]:
+def _read_associated_media(
+    config: Config, ctx: CrawlContext, archive: Archive, core: FileSpec, partition: tuple[int, int] | None
+) -> Iterator[dict]:
     """Occurrence-core archives without a media extension: one row per URL of ``dwc:associatedMedia``.
 
     The list is split on "|" (the Darwin Core recommendation; URLs may hold commas and semicolons). A core row too
@@ -332,6 +364,8 @@ def _read_associated_media(config: Config, ctx: CrawlContext, archive: Archive, 
     label, without_media = archive.label(core.location), 0
     for number, line, fields in _records(archive, core):
         core_id = fields[core.id_index] if len(fields) > core.id_index else ""
+        if partition and not in_partition(core_id, *partition):
+            continue
         if len(fields) <= core.max_index:
             problem = ("(row)", f"line {line}: expected at least {core.max_index + 1} fields, found {len(fields)}")
             values = dict.fromkeys(MEDIA_TERMS)

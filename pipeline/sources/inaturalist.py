@@ -53,6 +53,7 @@ from pipeline.sources.base import (
     ConfigError,
     CrawlContext,
     SourceError,
+    check_partitions,
     check_taxon_filter,
     check_url_rewrite,
     config_from_dict,
@@ -91,10 +92,7 @@ class Config:
         self.kingdoms = tuple(self.kingdoms)
         self.url_rewrite = check_url_rewrite(self.url_rewrite, where)
         self.base_url = self.base_url.rstrip("/")
-        if self.partitions is not None and (
-            isinstance(self.partitions, bool) or not isinstance(self.partitions, int) or self.partitions < 1
-        ):
-            raise ConfigError(f"{where}: partitions must be a positive number of units, got {self.partitions!r}")
+        check_partitions(where, self.partitions)
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> Config:

@@ -7,8 +7,9 @@ import pytest
 from source_fixtures import MEDIA_TERMS, meta_xml, write_dwca
 
 from pipeline.core.schema import CANDIDATE_SCHEMA
-from pipeline.sources import dwca_meta
+from pipeline.sources import dwca_meta, gbif_dwca
 from pipeline.sources.base import SourceError
+from pipeline.sources.chunks import split_partition
 from pipeline.sources.registry import read_source
 
 
@@ -339,3 +340,22 @@ def test_media_option_picks_the_source_and_names_what_is_missing(tmp_path, ctx):
     }
     with pytest.raises(SourceError, match=r"no images: .* and no http://rs.tdwg.org/dwc/terms/associatedMedia"):
         crawl(write_dwca(tmp_path / "bare.zip", members=files), ctx)
+
+
+def test_associated_media_archive_in_partitions_holds_every_row_once(tmp_path, ctx):
+    archive = _archive(tmp_path)
+    config = gbif_dwca.Config.from_dict({"path": str(archive), "name": "plantnet", "partitions": 2})
+    rows = [row for part in gbif_dwca.parts(config) for row in gbif_dwca.read(config, ctx, split_partition(part)[1:])]
+    assert len(rows) == 3
+    assert sorted(rows, key=lambda r: r["input_row"]) == crawl(archive, ctx)
+
+
+def test_a_partition_without_media_rows_is_no_error_but_an_archive_without_any_is(tmp_path, ctx):
+    archive = write_dwca(tmp_path / "dwca.zip")
+    config = gbif_dwca.Config.from_dict({"path": str(archive), "name": "plantnet", "partitions": 40})
+    counts = [sum(b.num_rows for b in gbif_dwca.read_part_batches(config, ctx, p, 8)) for p in gbif_dwca.parts(config)]
+    assert 0 in counts and sum(counts) == len(crawl(archive, ctx))  # SQL path: some of 40 partitions are empty
+    empty = write_dwca(tmp_path / "header.zip", multimedia_txt="gbifID\ttype\n")
+    config = gbif_dwca.Config.from_dict({"path": str(empty), "partitions": 2})
+    with pytest.raises(SourceError, match=r"header.zip!multimedia.txt: no data rows \(ignoreHeaderLines=1\)"):
+        list(gbif_dwca.read_part_batches(config, ctx, gbif_dwca.parts(config)[0], 8))

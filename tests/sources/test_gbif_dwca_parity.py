@@ -116,3 +116,31 @@ def test_sql_rows_equal_python_rows(tmp_path, audubon, seed, config, style):
     for mine, theirs in zip(sql, python, strict=True):
         mine["caption_variants"] = dict(mine["caption_variants"]) if mine["caption_variants"] else None
         assert mine == theirs
+
+
+def _rows(batches) -> list[dict]:
+    rows = [row for batch in batches for row in batch.to_pylist()]
+    for row in rows:
+        row["caption_variants"] = dict(row["caption_variants"]) if row["caption_variants"] else None
+    return rows
+
+
+@pytest.mark.parametrize("audubon", [False, True], ids=["multimedia", "audubon"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hash_partitions_hold_every_media_row_once_on_both_paths(tmp_path, audubon, seed):
+    """``partitions: 3``: the parts' rows together are the whole archive's (short rows, unknown occurrences and
+    blank lines included), each part in media-file order; SQL and Python put every row in the same part."""
+    path = _archive(tmp_path, seed, audubon)
+    options = {"path": str(path), "name": "g", "kingdoms": [], "min_rank": None}
+    ctx = CrawlContext()
+    whole = list(gbif_dwca.read(gbif_dwca.Config.from_dict(options), ctx))
+    config = gbif_dwca.Config.from_dict({**options, "partitions": 3})
+    parts = gbif_dwca.parts(config)
+    assert parts == [f"{path}#partition={k}/3" for k in (1, 2, 3)]
+    sql = [_rows(gbif_dwca.read_part_batches(config, ctx, part, 16)) for part in parts]
+    python = [list(gbif_dwca.read(config, ctx, (k, 3))) for k in (1, 2, 3)]
+    assert sql == python
+    assert all(len(rows) > 20 for rows in sql)
+    for rows in sql:
+        assert [r["input_row"] for r in rows] == sorted(r["input_row"] for r in rows)
+    assert sorted((row for rows in sql for row in rows), key=lambda r: r["input_row"]) == whole
