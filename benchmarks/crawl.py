@@ -17,6 +17,10 @@ child process, so its peak RSS is its own; ``--memory-limit`` is the recipe's ``
     python benchmarks/crawl.py                       # 100k and 1M photos
     python benchmarks/crawl.py --photos 20000 200000 # a quick check
     python benchmarks/crawl.py --format gbif_dwca    # a GBIF-download-shaped DwC-A, 100k and 1M media rows
+    python benchmarks/crawl.py --partitions 4        # ours as 4 crawl_parts units on --workers 2 processes + join
+
+With ``--partitions K`` ours is the source option ``partitions: K``: K ``crawl_parts`` units run by ``--workers``
+processes, then the crawl stage joins them; its peak RSS is that of the largest process (one worker's).
 Last line: RESULT crawl ratio=<duckdb s / ours s at the largest size> rss_growth=<our peak RSS largest / smallest>
 rows_per_s=<ours at the largest size>
 """
@@ -242,39 +246,64 @@ def run_bare(export: Path, out: Path, kind: str) -> dict:
     return {"seconds": time.perf_counter() - start, "rows": rows}
 
 
-def run_ours(export: Path, out: Path, kind: str, memory_limit: str = "2GB") -> dict:
+def _recipe(export: Path, out: Path, kind: str, memory_limit: str, partitions: int):
     from pipeline.core.config import DuckDBConfig, Recipe, SourceSpec
+
+    options = {"directory" if kind == "inaturalist" else "path": str(export)}
+    if partitions > 1:
+        options["partitions"] = partitions
+    return Recipe(name="bench", output_dir=str(out), sources=[SourceSpec("inat", kind, options)],
+                  duckdb=DuckDBConfig(memory_limit=memory_limit))  # fmt: skip
+
+
+def _crawl_part(arguments: tuple, unit: str) -> float:
+    """One crawl_parts unit in a worker process; returns the worker's peak RSS in MB."""
     from pipeline.core.harness import Build, run_unit
     from pipeline.stages import stage_named
 
-    recipe = Recipe(
-        name="bench",
-        output_dir=str(out),
-        sources=[SourceSpec("inat", kind, {"directory" if kind == "inaturalist" else "path": str(export)})],
-        duckdb=DuckDBConfig(memory_limit=memory_limit),
-    )
-    stage, build = stage_named("crawl"), Build.of(recipe)
+    run_unit(stage_named("crawl_parts"), Build.of(_recipe(*arguments)), unit)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_ours(export: Path, out: Path, kind: str, memory_limit: str = "2GB", partitions: int = 1,
+             workers: int = 2) -> dict:  # fmt: skip
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from pipeline.core.harness import Build, run_unit
+    from pipeline.stages import stage_named
+
+    arguments = (export, out, kind, memory_limit, partitions)
+    stage, build = stage_named("crawl"), Build.of(_recipe(*arguments))
+    units = stage_named("crawl_parts").plan(build)
     start = time.perf_counter()
+    worker_peak = 0.0
+    if units:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            worker_peak = max(pool.map(_crawl_part, [arguments] * len(units), units))
     record = run_unit(stage, build, "inat")
     return {
         "seconds": time.perf_counter() - start,
         "rows": record["stats"]["rows"],
         "status": record["stats"]["status"],
+        "worker_peak_mb": worker_peak,
     }
 
 
-def child(side: str, kind: str, export: str, out: str, memory_limit: str) -> None:
-    """Run one side in this (child) process; print its result and peak RSS as JSON."""
+def child(side: str, kind: str, export: str, out: str, memory_limit: str, partitions: str, workers: str) -> None:
+    """Run one side in this (child) process; print its result and peak RSS (its largest process's) as JSON."""
     if side == "bare":
         result = run_bare(Path(export), Path(out), kind)
     else:
-        result = run_ours(Path(export), Path(out), kind, memory_limit)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = run_ours(Path(export), Path(out), kind, memory_limit, int(partitions), int(workers))
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = max(own, result.pop("worker_peak_mb", 0.0))
     print(json.dumps(result))
 
 
-def in_child(side: str, kind: str, export: Path, out: Path, memory_limit: str) -> dict:
-    return run_side(__file__, side, [kind, str(export), str(out), memory_limit])
+def in_child(side: str, kind: str, export: Path, out: Path, args: argparse.Namespace) -> dict:
+    options = [args.memory_limit, str(args.partitions), str(args.workers)]
+    return run_side(__file__, side, [kind, str(export), str(out), *options])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -282,7 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--photos", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--memory-limit", default="2GB", help="ours: the recipe's duckdb.memory_limit")
     parser.add_argument("--format", choices=["inaturalist", "gbif_dwca"], default="inaturalist")
-    parser.add_argument("--child", nargs=5, metavar=("SIDE", "KIND", "EXPORT", "OUT", "LIMIT"), help=argparse.SUPPRESS)
+    parser.add_argument("--partitions", type=int, default=1, help="ours: the source's partitions (crawl_parts units)")
+    parser.add_argument("--workers", type=int, default=2, help="ours: processes running the partitions")
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
@@ -299,8 +330,8 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{photos} photos: export of {size:.0f} MiB written in {time.perf_counter() - start:.1f} s", flush=True
             )
-            bare = in_child("bare", args.format, export, work / f"bare-{photos}.parquet", args.memory_limit)
-            ours = in_child("ours", args.format, export, work / f"ours-{photos}", args.memory_limit)
+            bare = in_child("bare", args.format, export, work / f"bare-{photos}.parquet", args)
+            ours = in_child("ours", args.format, export, work / f"ours-{photos}", args)
             results[photos] = (bare, ours)
             print(f"  bare DuckDB: {bare['seconds']:.1f} s, {bare['rows']} accepted rows, "
                   f"peak {bare['peak_rss_mb']:.0f} MB")  # fmt: skip
@@ -317,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         f"rss_growth={ours['peak_rss_mb'] / results[small][1]['peak_rss_mb']:.2f} "
         f"rows_per_s={ours['rows'] / ours['seconds']:.0f} photos={large} ours_s={ours['seconds']:.1f} "
         f"duckdb_s={bare['seconds']:.1f} peak_mb={ours['peak_rss_mb']:.0f} small={small} "
-        f"memory_limit={args.memory_limit} format={args.format}"
+        f"memory_limit={args.memory_limit} format={args.format} partitions={args.partitions} workers={args.workers}"
     )
 
 
