@@ -71,7 +71,7 @@ from pipeline.sources.base import (
     reject,
     rewrite_url,
 )
-from pipeline.sources.chunks import in_partition, partition_parts, split_partition
+from pipeline.sources.chunks import in_partition, partition_parts
 from pipeline.sources.dwca_meta import Archive, FileSpec, no_media_rows, repeated_core_id, short_core_row
 from pipeline.sources.textfiles import iter_rows
 
@@ -260,12 +260,6 @@ def _taxon(occurrence: dict[str, str | None]) -> dict[str, Any]:
 def parts(config: Config) -> list[str]:
     """With ``partitions``, one crawl unit per hash partition of the archive; none otherwise (read whole)."""
     return partition_parts(config.path, config.partitions or 1)
-
-
-def read_part_batches(config: Config, ctx: CrawlContext, part: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """The candidate rows of one partition (``<path>#partition=k/n``), in media-file order."""
-    _, k, n = split_partition(part)
-    yield from read_batches(config, ctx, batch_rows, partition=(k, n))
 
 
 def read_batches(

@@ -58,7 +58,7 @@ from pipeline.sources.base import (
     check_url_rewrite,
     config_from_dict,
 )
-from pipeline.sources.chunks import in_partition_sql, partition_parts, split_partition
+from pipeline.sources.chunks import in_partition_sql, partition_parts
 from pipeline.sources.textfiles import read_table
 
 SIZES = ("square", "small", "medium", "large", "original")
@@ -147,12 +147,6 @@ def read(config: Config, ctx: CrawlContext) -> Iterator[dict]:
 def parts(config: Config) -> list[str]:
     """With ``partitions``, one crawl unit per hash partition of the export; none otherwise (read whole)."""
     return partition_parts(config.directory, config.partitions or 1)
-
-
-def read_part_batches(config: Config, ctx: CrawlContext, part: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """The candidate rows of one partition (``<directory>#partition=k/n``), in ``photos.csv`` order."""
-    _, k, n = split_partition(part)
-    yield from read_batches(config, ctx, batch_rows, partition=(k, n))
 
 
 def read_batches(

@@ -7,8 +7,9 @@ users obtain the data), ``fields`` (manifest column -> the source field(s) it co
 the license comes from, what is rejected); ``plantmix sources [name]`` prints it. A module is an adapter if it has
 a ``Config`` dataclass (with ``from_dict``) and ``read(config, ctx)``; one that joins its export in DuckDB also
 offers ``read_batches(config, ctx)`` (Arrow batches, no object per row), one whose source comes in many files
-``parts(config)`` and ``read_part(config, ctx, part)`` (the crawl then runs one unit per part; ``read_part_batches``
-for a part read as Arrow batches). Names resolve through
+``parts(config)`` and ``read_part(config, ctx, part)`` (the crawl then runs one unit per part); one that splits its
+export in hash partitions ``parts(config)`` (:func:`pipeline.sources.chunks.partition_parts`) and
+``read_batches(config, ctx, batch_rows, partition=(k, n))``. Names resolve through
 the table, never through string routing in code, so adding a source is one new module plus one registry entry.
 """
 
@@ -27,6 +28,7 @@ import yaml
 
 from pipeline.core.schema import CANDIDATE_SCHEMA
 from pipeline.sources.base import ConfigError, CrawlContext, batches_of
+from pipeline.sources.chunks import PARTITION_MARK, split_partition
 
 DEFAULT_REGISTRY = Path(__file__).resolve().parent / "sources.yaml"  # package data, installed with the package
 
@@ -172,8 +174,8 @@ def read_source_batches(
     """
     module = load_adapter(adapter_name, registry_path)
     config = module.Config.from_dict(dict(options))
-    if part is not None and callable(getattr(module, "read_part_batches", None)):
-        yield from module.read_part_batches(config, ctx, part, batch_rows)
+    if part is not None and PARTITION_MARK in part:  # a hash partition: read_batches keeps only its share
+        yield from module.read_batches(config, ctx, batch_rows, partition=split_partition(part)[1:])
         return
     if part is not None:
         rows = iter(module.read_part(config, ctx, part))

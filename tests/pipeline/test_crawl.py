@@ -181,26 +181,36 @@ def test_a_pool_in_part_files_crawls_one_unit_per_file_then_joins_them_in_order(
         run_unit(parts_stage, build, "pool.part-00000")
 
 
+def crawl_in_parts(tmp_path, spec: SourceSpec, parts: int, early: int) -> tuple[Build, dict]:
+    """Crawl ``spec`` as its ``parts`` crawl_parts units, unit ``early`` first (a worker finished it before the rerun,
+    which must not redo it), then join them in the crawl stage; returns the build and the crawl unit's record."""
+    from pipeline.runner import run_stage
+
+    build = Build.of(Recipe(name="t", output_dir=str(tmp_path / "build"), sources=[spec]))
+    stage = crawl.CrawlPartsStage()
+    units = [f"{spec.name}.part-{k:05d}" for k in range(parts)]
+    assert stage.plan(build) == units
+    run_unit(stage, build, units[early])
+    done = tmp_path / "build" / "crawl_parts" / f"{units[early]}.done.json"
+    first = done.stat().st_mtime_ns
+    run_stage(stage, build)
+    assert done.stat().st_mtime_ns == first
+    record = run_unit(crawl.CrawlStage(), build, spec.name)
+    assert record["stats"]["parts"] == parts
+    return build, record
+
+
 def test_one_big_pool_file_with_chunk_rows_is_crawled_in_units_and_resumes_per_chunk(tmp_path):
     """chunk_rows cuts a single file into crawl_parts units; a unit done before a rerun is not redone; the joined
     crawl equals crawling the file whole, repeats across chunks included; a changed file is refused."""
-    from pipeline.runner import run_stage
 
     big = tmp_path / "cc12m.tsv"
     lines = [f"http://h/{i % 9}.jpg\tcaption {i}" for i in range(20)]  # URLs repeat across chunks
     big.write_text("\n".join(lines) + "\n")
     options = {"path": str(big), "columns": ["url", "caption"]}
     chunked = SourceSpec("cc12m", "url_caption_pool", {**options, "chunk_rows": 6})
-    build = Build.of(Recipe(name="t", output_dir=str(tmp_path / "build"), sources=[chunked]))
-    parts_stage = crawl.CrawlPartsStage()
-    assert parts_stage.plan(build) == [f"cc12m.part-{k:05d}" for k in range(4)]
-    run_unit(parts_stage, build, "cc12m.part-00002")
-    done = tmp_path / "build" / "crawl_parts" / "cc12m.part-00002.done.json"
-    first = done.stat().st_mtime_ns
-    run_stage(parts_stage, build)
-    assert done.stat().st_mtime_ns == first
-    record = run_unit(crawl.CrawlStage(), build, "cc12m")
-    assert record["stats"]["rows"] == 20 and record["stats"]["parts"] == 4
+    build, record = crawl_in_parts(tmp_path, chunked, parts=4, early=2)
+    assert record["stats"]["rows"] == 20
     assert record["stats"]["status"] == {"pending": 9, "rejected": 11}  # 11 repeated URLs (same sample_id)
 
     whole = SourceSpec("cc12m", "url_caption_pool", options)
@@ -210,14 +220,13 @@ def test_one_big_pool_file_with_chunk_rows_is_crawled_in_units_and_resumes_per_c
 
     big.write_text("\n".join(lines[:-1]) + "\nhttp://h/new.jpg\tchanged\n")
     with pytest.raises(StageMismatch):
-        run_unit(parts_stage, build, "cc12m.part-00000")
+        run_unit(crawl.CrawlPartsStage(), build, "cc12m.part-00000")
 
 
 def test_an_inaturalist_export_in_partitions_crawls_one_unit_each_and_resumes(tmp_path):
     """partitions: 3 gives three crawl_parts units (resumable each) whose joined crawl holds the whole crawl's rows,
     the repeated record rejected as it is there; a changed common-names file, even outside the export folder, is
     refused, not reused."""
-    from pipeline.runner import run_stage
     from tests.sources.source_fixtures import INAT_TAXA, OBSERVATIONS, OBSERVERS, PHOTOS, TAXA, tsv
 
     folder = tmp_path / "inat"
@@ -232,16 +241,8 @@ def test_an_inaturalist_export_in_partitions_crawls_one_unit_each_and_resumes(tm
     names.write_text("taxon_id,common_name\n13,Wall iris\n")
     options = {"directory": str(folder), "common_names": str(names)}
     spec = SourceSpec("inat", "inaturalist", {**options, "partitions": 3})
-    build = Build.of(Recipe(name="t", output_dir=str(tmp_path / "build"), sources=[spec]))
-    parts_stage = crawl.CrawlPartsStage()
-    assert parts_stage.plan(build) == [f"inat.part-{k:05d}" for k in range(3)]
-    run_unit(parts_stage, build, "inat.part-00001")
-    done = tmp_path / "build" / "crawl_parts" / "inat.part-00001.done.json"
-    first = done.stat().st_mtime_ns
-    run_stage(parts_stage, build)
-    assert done.stat().st_mtime_ns == first
-    record = run_unit(crawl.CrawlStage(), build, "inat")
-    assert record["stats"]["rows"] == 61 and record["stats"]["parts"] == 3
+    build, record = crawl_in_parts(tmp_path, spec, parts=3, early=1)
+    assert record["stats"]["rows"] == 61
     assert record["stats"]["status"] == {"pending": 39, "rejected": 22}  # 21 animals (taxon 14), 1 repeat
 
     whole = Recipe(name="t", output_dir=str(tmp_path / "whole"), sources=[SourceSpec("inat", "inaturalist", options)])
@@ -254,4 +255,4 @@ def test_an_inaturalist_export_in_partitions_crawls_one_unit_each_and_resumes(tm
 
     names.write_text("taxon_id,common_name\n13,Iris\n")
     with pytest.raises(StageMismatch):
-        run_unit(parts_stage, build, "inat.part-00000")
+        run_unit(crawl.CrawlPartsStage(), build, "inat.part-00000")

@@ -10,7 +10,7 @@ from pipeline.core.schema import CANDIDATE_SCHEMA
 from pipeline.sources import dwca_meta, gbif_dwca
 from pipeline.sources.base import SourceError
 from pipeline.sources.chunks import split_partition
-from pipeline.sources.registry import read_source
+from pipeline.sources.registry import read_source, read_source_batches
 
 
 def crawl(path, ctx, **options):
@@ -352,10 +352,11 @@ def test_associated_media_archive_in_partitions_holds_every_row_once(tmp_path, c
 
 def test_a_partition_without_media_rows_is_no_error_but_an_archive_without_any_is(tmp_path, ctx):
     archive = write_dwca(tmp_path / "dwca.zip")
-    config = gbif_dwca.Config.from_dict({"path": str(archive), "name": "plantnet", "partitions": 40})
-    counts = [sum(b.num_rows for b in gbif_dwca.read_part_batches(config, ctx, p, 8)) for p in gbif_dwca.parts(config)]
+    options = {"path": str(archive), "name": "plantnet", "partitions": 40}
+    parts = gbif_dwca.parts(gbif_dwca.Config.from_dict(options))
+    counts = [sum(b.num_rows for b in read_source_batches("gbif_dwca", options, ctx, 8, part=p)) for p in parts]
     assert 0 in counts and sum(counts) == len(crawl(archive, ctx))  # SQL path: some of 40 partitions are empty
     empty = write_dwca(tmp_path / "header.zip", multimedia_txt="gbifID\ttype\n")
-    config = gbif_dwca.Config.from_dict({"path": str(empty), "partitions": 2})
+    first = gbif_dwca.parts(gbif_dwca.Config(str(empty), partitions=2))[0]
     with pytest.raises(SourceError, match=r"header.zip!multimedia.txt: no data rows \(ignoreHeaderLines=1\)"):
-        list(gbif_dwca.read_part_batches(config, ctx, gbif_dwca.parts(config)[0], 8))
+        list(read_source_batches("gbif_dwca", {"path": str(empty), "partitions": 2}, ctx, 8, part=first))

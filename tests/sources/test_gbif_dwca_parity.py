@@ -10,6 +10,7 @@ from source_fixtures import write_dwca
 
 from pipeline.sources import gbif_dwca
 from pipeline.sources.base import CrawlContext
+from pipeline.sources.registry import read_source_batches
 
 DWC, DC, GBIF = "http://rs.tdwg.org/dwc/terms/", "http://purl.org/dc/terms/", "http://rs.gbif.org/terms/1.0/"
 AC, DCE, XMP = "http://rs.tdwg.org/ac/terms/", "http://purl.org/dc/elements/1.1/", "http://ns.adobe.com/xap/1.0/rights/"
@@ -134,10 +135,11 @@ def test_hash_partitions_hold_every_media_row_once_on_both_paths(tmp_path, audub
     options = {"path": str(path), "name": "g", "kingdoms": [], "min_rank": None}
     ctx = CrawlContext()
     whole = list(gbif_dwca.read(gbif_dwca.Config.from_dict(options), ctx))
-    config = gbif_dwca.Config.from_dict({**options, "partitions": 3})
+    partitioned = {**options, "partitions": 3}
+    config = gbif_dwca.Config.from_dict(partitioned)
     parts = gbif_dwca.parts(config)
     assert parts == [f"{path}#partition={k}/3" for k in (1, 2, 3)]
-    sql = [_rows(gbif_dwca.read_part_batches(config, ctx, part, 16)) for part in parts]
+    sql = [_rows(read_source_batches("gbif_dwca", partitioned, ctx, 16, part=part)) for part in parts]
     python = [list(gbif_dwca.read(config, ctx, (k, 3))) for k in (1, 2, 3)]
     assert sql == python
     assert all(len(rows) > 20 for rows in sql)

@@ -16,6 +16,7 @@ from source_fixtures import INAT_TAXA, OBSERVATIONS, OBSERVERS, PHOTOS, TAXA, ts
 
 from pipeline.sources import inaturalist
 from pipeline.sources.base import ConfigError, CrawlContext
+from pipeline.sources.registry import read_source_batches
 
 IDS = ["101", "102", "1 03", "10ü", "1%2", "1%zz", "1#x", "a'b", 'q"', "back\\s", "", "7?x=1", "x[y]", "\u3000"]
 EXTENSIONS = ["jpg", "jpeg", "png", "", "JPG ", "p\u00e9g"]
@@ -116,11 +117,15 @@ def test_hash_partitions_hold_every_row_once_with_the_whole_crawls_values(tmp_pa
     options = {"directory": str(tmp_path / "inat"), "common_names": "common_names.csv"}
     ctx = CrawlContext()
     whole = list(inaturalist.read(inaturalist.Config.from_dict(options), ctx))
-    config = inaturalist.Config.from_dict({**options, "partitions": 4})
-    parts = inaturalist.parts(config)
+    partitioned = {**options, "partitions": 4}
+    parts = inaturalist.parts(inaturalist.Config.from_dict(partitioned))
     assert parts == [f"{tmp_path / 'inat'}#partition={k}/4" for k in range(1, 5)]
     rows = [
-        [row for batch in inaturalist.read_part_batches(config, ctx, part, 64) for row in batch.to_pylist()]
+        [
+            row
+            for batch in read_source_batches("inaturalist", partitioned, ctx, 64, part=part)
+            for row in batch.to_pylist()
+        ]
         for part in parts
     ]
     assert all(len(part_rows) > 30 for part_rows in rows)  # the hash spreads the rows
