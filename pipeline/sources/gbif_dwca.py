@@ -294,18 +294,21 @@ def read(config: Config, ctx: CrawlContext, partition: tuple[int, int] | None = 
         records = _records(archive, media)
         label, number = archive.label(media.location), 0
         while batch := list(itertools.islice(records, BATCH_ROWS)):
-            core_ids = [fields[media.id_index] if len(fields) > media.id_index else "" for _, _, fields in batch]
-            found = occurrences.lookup(core_ids)
-            for (number, line, fields), core_id in zip(batch, core_ids, strict=True):
-                if partition and not in_partition(core_id, *partition):
-                    continue
+            number = batch[-1][0]  # the file's records so far, whichever partition they fall in
+            keyed = [(record, record[2][media.id_index] if len(record[2]) > media.id_index else "") for record in batch]
+            if partition:  # only this partition's rows are looked up and yielded
+                keyed = [(record, core_id) for record, core_id in keyed if in_partition(core_id, *partition)]
+            found = occurrences.lookup([core_id for _, core_id in keyed])
+            for (row_number, line, fields), core_id in keyed:
                 values = {name: _media_value(media, fields, uris) for name, uris in MEDIA_TERMS.items()}
                 occurrence, problem = found.get(core_id), None
                 if len(fields) <= media.max_index:
                     problem = ("(row)", f"line {line}: expected {media.max_index + 1} fields, found {len(fields)}")
                 elif occurrence is None:
                     problem = ("coreid", f"occurrence {core_id!r} not in {core.location}")
-                yield _candidate(config, ctx, values, occurrence, core_id, (label, number), problem, check_type=True)
+                yield _candidate(
+                    config, ctx, values, occurrence, core_id, (label, row_number), problem, check_type=True
+                )
         if number == 0:
             raise no_media_rows(label, media)
         without_media = occurrences.without_media()
