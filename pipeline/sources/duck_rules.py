@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from pipeline.core.duck import literal
-from pipeline.core.schema import TAXONOMY_RANKS
+from pipeline.core.schema import CANDIDATE_SCHEMA, TAXONOMY_RANKS
 from pipeline.sources import captions, licenses
 from pipeline.sources.base import check_url
 
@@ -262,6 +262,16 @@ def taxonomy_struct_sql(rank_expr: str, name_expr: str) -> str:
     """An aggregate: the TAXONOMY_TYPE struct of (rank, name) rows, NULL when none."""
     fields = ", ".join(f"'{rank}': max({name_expr}) FILTER (WHERE {rank_expr} = '{rank}')" for rank in TAXONOMY_RANKS)
     return f"CASE WHEN count({rank_expr}) = 0 THEN NULL ELSE {{{fields}}} END"
+
+
+def with_taxon_columns(batch: pa.RecordBatch, per_taxon: pa.Table) -> pa.RecordBatch:
+    """A query's batch as ``CANDIDATE_SCHEMA``, each column of ``per_taxon`` (one row per taxon, in the order of the
+    taxon index) taken by the batch's ``tix``: taxon-level values are made once per taxon, so the query sorts and
+    converts narrow rows only. A row without a taxon (``tix`` NULL) gets NULLs there, as a join would give."""
+    index = batch.column("tix")
+    taken = {name: per_taxon.column(name).chunk(0).take(index) for name in per_taxon.column_names}
+    columns = [taken[name] if name in taken else batch.column(name) for name in CANDIDATE_SCHEMA.names]
+    return pa.RecordBatch.from_arrays(columns, schema=CANDIDATE_SCHEMA)
 
 
 def _create_from_arrow(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:

@@ -3,9 +3,10 @@
 For archives whose core and media files are unquoted UTF-8 text (GBIF downloads: tab-separated,
 ``fieldsEnclosedBy=""``), the adapter's per-row Python (occurrence lookup, taxon, filters, ``build_row``) becomes
 a join and column expressions; Python runs once per distinct license and per distinct (name, common name,
-taxonomy), never per media row. Row for row the same values and error texts as the Python path (a test holds the
-two together on hostile archives), which stays for quoted or other-encoded archives, associatedMedia cores, and
-any file DuckDB cannot read cleanly (its error names the line).
+taxonomy), never per media row; those taxon-level columns are attached to each batch by Arrow ``take`` on a
+taxon index, so the query sorts narrow rows. Row for row the same values and error texts as the Python path (a
+test holds the two together on hostile archives), which stays for quoted or other-encoded archives,
+associatedMedia cores, and any file DuckDB cannot read cleanly (its error names the line).
 
 Members of a zip or tar are copied to the spill space first (DuckDB reads files, not archive members); an
 unpacked archive is read in place.
@@ -23,6 +24,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core import duck
 from pipeline.core.duck import literal
@@ -73,31 +75,36 @@ def read_batches(
                 return None
         _create_core(con, archive, core, occurrence_terms)
         _create_media(con, archive, media, media_terms, None if partition is None else work)
-        duck_rules.register_udfs(con, ctx.allowed_schemes)
-        _create_joined(con, config)
-        duck_rules.create_fallback_caption_table(
-            con,
-            "captions",
-            "SELECT DISTINCT scientific_name, common_name, taxonomy FROM joined WHERE found IS NOT NULL",
-            ctx.caption_style,
-        )
-        duck_rules.create_license_table(con, "licenses", "SELECT license_raw FROM joined")
+        con.execute("DROP TABLE core_rows; DROP TABLE media_rows")  # the split lines: read into core and media
         without = con.sql("SELECT count(*) FROM core ANTI JOIN (SELECT DISTINCT core_id FROM media) USING (core_id)")
         without_media = without.fetchall()[0][0]
         if without_media:
             log.info("%s: %d occurrence(s) have no multimedia row", archive.label(core.location), without_media)
+        duck_rules.register_udfs(con, ctx.allowed_schemes)
+        _create_joined(con)
+        con.execute("DROP TABLE core; DROP TABLE media")  # both are in joined now
+        per_taxon = _create_taxon_columns(con, ctx.caption_style)
+        duck_rules.create_license_table(con, "licenses", "SELECT license_raw FROM joined")
         query = _candidates_sql(config, ctx, archive.label(media.location), core.location, media.max_index)
-        return _batches(con, query, batch_rows, work)
+        return _batches(con, query, batch_rows, work, per_taxon)
     except BaseException:
         con.close()
         shutil.rmtree(work, ignore_errors=True)
         raise
 
 
-def _batches(con: duckdb.DuckDBPyConnection, query: str, batch_rows: int, work: str) -> Iterator[pa.RecordBatch]:
+def _batches(
+    con: duckdb.DuckDBPyConnection, query: str, batch_rows: int, work: str, per_taxon: pa.Table
+) -> Iterator[pa.RecordBatch]:
+    """The query's rows with the taxon-level columns taken from ``per_taxon``; a row with an original text keeps
+    the variants the query made (the taxon's plus ``original``)."""
+    variants = CANDIDATE_SCHEMA.get_field_index("caption_variants")
     try:
         for batch in con.sql(query).to_arrow_reader(batch_rows):
-            yield pa.RecordBatch.from_arrays(batch.columns, schema=CANDIDATE_SCHEMA)
+            columns = duck_rules.with_taxon_columns(batch, per_taxon).columns
+            columns[variants] = pc.if_else(batch.column("has_original"), batch.column("original_variants"),
+                                           columns[variants])  # fmt: skip
+            yield pa.RecordBatch.from_arrays(columns, schema=CANDIDATE_SCHEMA)
     finally:
         con.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -189,8 +196,10 @@ def _no_records(con: duckdb.DuckDBPyConnection, archive: Archive, spec: FileSpec
     return con.sql("SELECT count(*) FROM _all_records").fetchall()[0][0] == 0
 
 
-def _create_joined(con: duckdb.DuckDBPyConnection, config: Any) -> None:
-    """``joined``: each media row with its occurrence's columns and the partial row ``_candidate`` builds."""
+def _create_joined(con: duckdb.DuckDBPyConnection) -> None:
+    """``occurrence``: each occurrence with media, the columns the rules read and ``tix``, its index into ``taxa``
+    (each distinct scientific name, common name and taxonomy once); ``joined``: each media row with its
+    occurrence's columns and the partial row ``_candidate`` builds, without the taxon-level ones."""
     q = duck_text.ident
     species = _or("c.species", "CASE WHEN coalesce(c.genus, '') <> '' AND coalesce(c.specificEpithet, '') <> '' "
                   "THEN c.genus || ' ' || c.specificEpithet ELSE c.species END")  # fmt: skip
@@ -202,27 +211,76 @@ def _create_joined(con: duckdb.DuckDBPyConnection, config: Any) -> None:
                      "species")  # fmt: skip
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE joined AS
+        CREATE OR REPLACE TEMP TABLE occurrence_taxon AS
         WITH base AS (
-            SELECT m.*, c.core_id AS found, c.gbifID, c.{q("references")} AS occurrence_references,
+            SELECT c.core_id, c.gbifID, c.{q("references")} AS occurrence_references,
                    c.{q("license")} AS occurrence_license, c.rightsHolder AS occurrence_rights_holder,
                    c.kingdom AS kingdom, c.basisOfRecord, c.scientificName, c.vernacularName, c.taxonRank,
                    {", ".join(f"c.{q(rank)} AS {column}" for rank, column in rank_columns.items())},
                    {species} AS species
-            FROM media m LEFT JOIN core c ON c.core_id = m.core_id
+            FROM core c SEMI JOIN media USING (core_id)
         ), ranked AS (
             SELECT *, nullif({duck_rules.lower_sql("coalesce(taxonRank, '')")}, '') AS taxon_rank FROM base
         )
-        SELECT *,
-               CASE WHEN found IS NOT NULL THEN {scientific} END AS scientific_name,
-               CASE WHEN found IS NOT NULL THEN nullif(vernacularName, '') END AS common_name,
-               CASE WHEN found IS NOT NULL AND NOT ({nothing_known}) THEN {taxonomy} END AS taxonomy,
+        SELECT core_id, gbifID, occurrence_references, occurrence_license, occurrence_rights_holder, kingdom,
+               basisOfRecord, taxon_rank, {scientific} AS scientific_name, nullif(vernacularName, '') AS common_name,
+               CASE WHEN NOT ({nothing_known}) THEN {taxonomy} END AS taxonomy
+        FROM ranked
+        """
+    )
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE taxa AS
+        SELECT (row_number() OVER () - 1)::INTEGER AS tix, *
+        FROM (SELECT DISTINCT scientific_name, common_name, taxonomy FROM occurrence_taxon)
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE occurrence AS
+        SELECT o.* EXCLUDE (scientific_name, common_name, taxonomy), t.tix
+        FROM occurrence_taxon o JOIN taxa t ON {_same_taxon("t", "o")};
+        DROP TABLE occurrence_taxon
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE joined AS
+        SELECT m.*, o.core_id AS found, o.* EXCLUDE (core_id),
                {_or(q("license"), "occurrence_license")} AS license_raw,
                {_or(q("rightsHolder"), q("creator"), "occurrence_rights_holder")} AS rights_holder,
                {_or(q("access_uri"), q("identifier"))} AS url_raw,
                {_or(q("title"), q("description"))} AS original_raw
-        FROM ranked
+        FROM media m LEFT JOIN occurrence o ON o.core_id = m.core_id
         """
+    )
+
+
+def _same_taxon(a: str, b: str) -> str:
+    """SQL: rows ``a`` and ``b`` name the same taxon (scientific name, common name, taxonomy; NULL equals NULL)."""
+    return " AND ".join(f"{a}.{c} IS NOT DISTINCT FROM {b}.{c}" for c in ("scientific_name", "common_name", "taxonomy"))
+
+
+def _create_taxon_columns(con: duckdb.DuckDBPyConnection, caption_style: str) -> pa.Table:
+    """``taxon_columns``: each taxon's captions (:func:`duck_rules.create_fallback_caption_table`) by ``tix``;
+    returns the candidate columns that depend on the taxon alone, one row per taxon in ``tix`` order."""
+    duck_rules.create_fallback_caption_table(
+        con, "captions", "SELECT scientific_name, common_name, taxonomy FROM taxa ORDER BY tix", caption_style
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE taxon_columns AS
+        SELECT t.*, c.taxon_variants, c.before_caption, c.before_kind, c.after_caption, c.after_kind
+        FROM taxa t JOIN captions c ON {_same_taxon("c", "t")}
+        """
+    )
+    return (
+        con.sql(
+            "SELECT scientific_name, common_name, taxonomy, taxon_variants AS caption_variants FROM taxon_columns "
+            "ORDER BY tix"
+        )
+        .to_arrow_table()
+        .combine_chunks()
     )
 
 
@@ -295,12 +353,12 @@ def _candidates_sql(config: Any, ctx: CrawlContext, label: str, core_location: s
         SELECT r.*, {rules.url_check_sql("url_stripped", ctx.allowed_schemes)} AS checked FROM rows r
     ), decided AS (
         SELECT r.*, {choice["caption"]} AS caption, {choice["caption_kind"]} AS caption_kind,
-               {choice["caption_variants"]} AS caption_variants, l.code, l.url AS license_url, l.prefix, l.suffix,
-               l.error AS license_error,
+               original <> '' AS has_original,
+               CASE WHEN original <> '' THEN {choice["caption_variants"]} END AS original_variants,
+               l.code, l.url AS license_url, l.prefix, l.suffix, l.error AS license_error,
                CASE {" ".join(checks)} END AS error
         FROM urls r
-        LEFT JOIN captions cap ON r.found IS NOT NULL AND cap.scientific_name IS NOT DISTINCT FROM r.scientific_name
-             AND cap.common_name IS NOT DISTINCT FROM r.common_name AND cap.taxonomy IS NOT DISTINCT FROM r.taxonomy
+        LEFT JOIN taxon_columns cap ON cap.tix = r.tix
         LEFT JOIN licenses l ON l.raw = coalesce(r.license_raw, '')
     )
     SELECT {rules.sample_id_sql(config.name, record)} AS sample_id, {literal(config.name)} AS source,
@@ -315,9 +373,8 @@ def _candidates_sql(config: Any, ctx: CrawlContext, label: str, core_location: s
         )
     } END
                AS page_url,
-           caption, caption_kind, caption_variants, original_raw AS original_text, NULL::VARCHAR AS source_metadata,
-           scientific_name, common_name, CASE WHEN found IS NULL THEN NULL ELSE taxon_rank END AS taxon_rank,
-           taxonomy,
+           caption, caption_kind, tix, has_original, original_variants, original_raw AS original_text,
+           NULL::VARCHAR AS source_metadata, CASE WHEN found IS NULL THEN NULL ELSE taxon_rank END AS taxon_rank,
            CASE WHEN license_error IS NULL THEN code ELSE nullif(license_raw, '') END AS license, license_url,
            rights_holder,
            CASE WHEN license_error IS NULL THEN prefix || {rules.attribution_who_sql("rights_holder")} || suffix END

@@ -46,7 +46,7 @@ from pipeline.core import duck
 from pipeline.core.config import DuckDBConfig
 from pipeline.core.duck import literal
 from pipeline.core.io import is_local, isfile, join
-from pipeline.core.schema import CANDIDATE_SCHEMA, TAXONOMY_RANKS
+from pipeline.core.schema import TAXONOMY_RANKS
 from pipeline.sources import duck_rules, duck_text
 from pipeline.sources.base import (
     RANK_LEVELS,
@@ -186,7 +186,7 @@ def read_batches(
         try:
             reader = con.sql(_candidates_sql(config, ctx, paths["photos"])).to_arrow_reader(batch_rows)
             for batch in reader:
-                yield _with_taxon_columns(batch, per_taxon)
+                yield duck_rules.with_taxon_columns(batch, per_taxon)
         except duckdb.OutOfMemoryException as exc:
             limit = (ctx.duckdb or DuckDBConfig()).memory_limit
             raise SourceError(
@@ -259,17 +259,6 @@ def _create_taxon_columns(con) -> pa.Table:
     )
     table = con.sql(f"SELECT {', '.join(TAXON_LEVEL)} FROM taxon_columns ORDER BY tix").to_arrow_table()
     return table.combine_chunks()
-
-
-def _with_taxon_columns(batch: pa.RecordBatch, per_taxon: pa.Table) -> pa.RecordBatch:
-    """The query's photo batch with the taxon-level columns taken from ``per_taxon`` by ``tix``, as
-    ``CANDIDATE_SCHEMA`` (a photo without a known taxon gets nulls there, as the join gave)."""
-    index = batch.column("tix")
-    columns = [
-        per_taxon.column(name).chunk(0).take(index) if name in TAXON_LEVEL else batch.column(name)
-        for name in CANDIDATE_SCHEMA.names
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=CANDIDATE_SCHEMA)
 
 
 def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
