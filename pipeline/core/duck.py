@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 from pipeline.core.config import DuckDBConfig
 from pipeline.core.io import is_local, url_to_fs
@@ -74,3 +76,38 @@ def kv_metadata(metadata: dict[str, str]) -> str:
     if not metadata:
         return ""
     return ", KV_METADATA {" + ", ".join(f"{literal(key)}: {literal(value)}" for key, value in metadata.items()) + "}"
+
+
+def in_row_order(batches: Iterable[pa.RecordBatch], column: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The batches of a query that gives exactly one row per row of a table, put back in that table's order.
+
+    ``column`` is the table's ``rowid`` (0, 1, 2, ... in insertion order). A join does not keep the order of its
+    probe side (DuckDB's threads each take a stretch of the table and their outputs interleave), and an ORDER BY
+    over the whole result would hold all of it; here only the rows that come back ahead of their turn wait
+    (about one stretch per thread), whatever the table's size. Batches of about ``batch_rows`` rows come out;
+    a row that is missing or repeated raises ``RuntimeError``.
+    """
+    waiting: dict[int, pa.RecordBatch] = {}  # runs of consecutive rows by their first rowid
+    ready: list[pa.RecordBatch] = []
+    ready_rows = next_row = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        rows = batch.column(column).to_numpy(zero_copy_only=False)
+        cuts = (np.flatnonzero(np.diff(rows) != 1) + 1).tolist()
+        for start, end in zip([0, *cuts], [*cuts, len(rows)], strict=True):
+            if int(rows[start]) in waiting or int(rows[start]) < next_row:
+                raise RuntimeError(f"row {int(rows[start])} of the query came back twice")
+            waiting[int(rows[start])] = batch.slice(start, end - start)
+        while next_row in waiting:
+            run = waiting.pop(next_row)
+            ready.append(run)
+            next_row += run.num_rows
+            ready_rows += run.num_rows
+            if ready_rows >= batch_rows:
+                yield pa.concat_batches(ready)
+                ready, ready_rows = [], 0
+    if waiting:
+        raise RuntimeError(f"rows {next_row}.. of the query never came back ({len(waiting)} runs after them did)")
+    if ready:
+        yield pa.concat_batches(ready)

@@ -41,11 +41,13 @@ def load_table(
     columns: Sequence[str],
     delimiter: str = "\t",
     where: str | None = None,
+    temporary: bool = True,
 ) -> None:
     """Temp table ``table(data_row, line, problem, <columns>)`` from a headed text file, one row per record.
 
     ``columns`` not in the header are NULL (they must then not be ``required``). ``where`` (SQL over the columns)
-    keeps only the records it holds for, numbered as in the whole file.
+    keeps only the records it holds for, numbered as in the whole file. Not ``temporary``, the table is seen by
+    every cursor of the connection (a temp table only by its own).
     """
     header = read_header(path, required=required, delimiter=delimiter)
     position = {name: i + 1 for i, name in enumerate(header)}  # a repeated name: the last one wins, as in a dict
@@ -76,7 +78,7 @@ def load_table(
     if where:
         records = f"SELECT * FROM ({records}) WHERE {where}"
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {ident(table)} AS {records}")
+        con.execute(f"CREATE OR REPLACE {'TEMP ' if temporary else ''}TABLE {ident(table)} AS {records}")
     except duckdb.Error as exc:
         _raise_file_error(path, delimiter, str(exc))
     found = con.sql(

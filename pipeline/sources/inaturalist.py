@@ -35,6 +35,7 @@ row and the id (a photo would otherwise join to whichever row came last); so doe
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,9 @@ from pipeline.sources.textfiles import read_table
 
 SIZES = ("square", "small", "medium", "large", "original")
 PHOTO_COLUMNS = ("photo_uuid", "photo_id", "observation_uuid", "observer_id", "extension", "license")
+PHOTO_READ = ("photo_id", "observation_uuid", "observer_id", "extension", "license")  # of those, the ones used
 OBSERVATION_COLUMNS = ("observation_uuid", "observer_id", "taxon_id", "quality_grade")
+OBSERVATION_READ = ("observation_uuid", "taxon_id", "quality_grade")
 TAXA_COLUMNS = ("taxon_id", "ancestry", "rank_level", "rank", "name", "active")
 OBSERVER_COLUMNS = ("observer_id", "login", "name")
 
@@ -159,20 +162,24 @@ def read_batches(
     paths = {stem: _table(directory, stem) for stem in ("photos", "observations", "taxa", "observers")}
     common_path = _inside(directory, config.common_names) if config.common_names else None
     con = duck.connect(ctx.duckdb, *paths.values(), *([common_path] if common_path else []))
+    loader = ThreadPoolExecutor(1, thread_name_prefix="inaturalist-photos")
     try:
+        # photos.csv, the largest file, is read on a second connection while this one reads the others and makes
+        # the captions: each read is one ordered scan on one core, and Python's caption work overlaps it.
+        photos_loaded = loader.submit(_load_photos, con, paths["photos"], share)
         for stem, key, columns in (
             ("observations", "observation_uuid", OBSERVATION_COLUMNS),
             ("taxa", "taxon_id", TAXA_COLUMNS),
             ("observers", "observer_id", OBSERVER_COLUMNS),
         ):
             where = share if stem == "observations" else None
-            duck_text.load_table(con, stem, paths[stem], required=columns, columns=columns, where=where)
+            read = OBSERVATION_READ if stem == "observations" else columns
+            duck_text.load_table(con, stem, paths[stem], required=columns, columns=read, where=where)
             duck_text.check_lookup(con, stem, paths[stem], key)
         common = {}
         if common_path:
             common = _lookup(common_path, "taxon_id", ("taxon_id", "common_name"), delimiter=",", quote='"')
         con.register("common_names", _common_table(common))
-        duck_text.load_table(con, "photos", paths["photos"], required=PHOTO_COLUMNS, columns=PHOTO_COLUMNS, where=share)
         duck_rules.register_udfs(con, ctx.allowed_schemes)
         _create_taxon_table(con)
         duck_rules.create_caption_table(
@@ -181,11 +188,12 @@ def read_batches(
             "SELECT taxon_id AS k, name AS scientific_name, common_name, taxonomy, NULL AS original_text FROM taxon",
             ctx.caption_style,
         )
+        photos_loaded.result()
         duck_rules.create_license_table(con, "licenses", "SELECT license FROM photos")
         per_taxon = _create_taxon_columns(con)
         try:
             reader = con.sql(_candidates_sql(config, ctx, paths["photos"])).to_arrow_reader(batch_rows)
-            for batch in reader:
+            for batch in duck.in_row_order(reader, "seq", batch_rows):
                 yield duck_rules.with_taxon_columns(batch, per_taxon)
         except duckdb.OutOfMemoryException as exc:
             limit = (ctx.duckdb or DuckDBConfig()).memory_limit
@@ -194,7 +202,19 @@ def read_batches(
                 f"({limit}); raise it (a synthetic export of 1M photos needs 512MB): {str(exc).splitlines()[0]}"
             ) from None
     finally:
+        loader.shutdown(cancel_futures=True)
         con.close()
+
+
+def _load_photos(con: duckdb.DuckDBPyConnection, path: str, share: str | None) -> None:
+    """Table ``photos`` (visible to every cursor of ``con``), of the columns the query reads."""
+    cursor = con.cursor()
+    try:
+        duck_text.load_table(
+            cursor, "photos", path, required=PHOTO_COLUMNS, columns=PHOTO_READ, where=share, temporary=False
+        )
+    finally:
+        cursor.close()
 
 
 def _common_table(common: dict[str, dict]) -> pa.Table:
@@ -249,11 +269,11 @@ def _create_taxon_columns(con) -> pa.Table:
     """``taxon_columns``: every used taxon with its index ``tix``, names, rank, taxonomy and caption; returns the
     ``TAXON_LEVEL`` columns in ``tix`` order (one row per taxon, not per photo)."""
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE taxon_columns AS
         SELECT (row_number() OVER (ORDER BY t.taxon_id) - 1)::INTEGER AS tix, t.taxon_id, t.name AS scientific_name,
-               t.common_name, t.rank AS taxon_rank, t.taxonomy, c.caption, c.caption_kind, c.caption_variants,
-               c.caption_error
+               t.common_name, t.rank AS taxon_rank, {duck_rules.lower_sql("t.rank")} AS rank_lower, t.taxonomy,
+               c.caption, c.caption_kind, c.caption_variants, c.caption_error
         FROM taxon t LEFT JOIN captions c ON c.k = t.taxon_id
         """
     )
@@ -343,12 +363,12 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
     )
     return f"""
     WITH joined AS (
-        SELECT p.data_row, p.line, p.problem, coalesce(p.photo_id, '') AS photo_id,
+        SELECT p.rowid AS seq, p.data_row, p.line, p.problem, coalesce(p.photo_id, '') AS photo_id,
                coalesce(p.extension, '') AS extension, coalesce(p.observation_uuid, '') AS observation_uuid,
                p.observer_id, p.license AS raw_license,
                u.observer_id AS observer_found, CASE WHEN u.name <> '' THEN u.name ELSE u.login END AS rights_holder,
                o.observation_uuid AS observation_found, o.taxon_id, o.quality_grade,
-               t.taxon_id AS taxon_found, t.tix, t.taxon_rank, t.taxonomy.kingdom AS kingdom, t.caption,
+               t.taxon_id AS taxon_found, t.tix, t.rank_lower, t.taxonomy.kingdom AS kingdom, t.caption,
                t.caption_error,
                l.code AS license_code, l.url AS license_url, l.prefix, l.suffix, l.error AS license_error
         FROM photos p
@@ -357,11 +377,13 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
         LEFT JOIN taxon_columns t ON t.taxon_id = o.taxon_id
         LEFT JOIN licenses l ON l.raw = coalesce(p.license, '')
     ), urls AS (
-        SELECT *, {rules.lower_sql("taxon_rank")} AS rank_lower,
-               CASE WHEN photo_id <> '' AND extension <> '' THEN nullif({rules.strip_sql(url)}, '') END AS url_stripped
-        FROM joined
+        SELECT *, CASE WHEN photo_id <> '' AND extension <> '' THEN {url} END AS url_raw FROM joined
+    ), plain AS (
+        SELECT *, {rules.plain_url_sql("url_raw", ctx.allowed_schemes)} AS url_plain FROM urls
+    ), stripped AS (
+        SELECT *, {rules.stripped_url_sql("url_raw", "url_plain")} AS url_stripped FROM plain
     ), checked AS (
-        SELECT *, {rules.url_check_sql("url_stripped", ctx.allowed_schemes)} AS checked FROM urls
+        SELECT *, {rules.checked_url_sql("url_stripped", "url_plain", ctx.allowed_schemes)} AS checked FROM stripped
     ), decided AS (
         SELECT *, CASE {" ".join(rules_sql)} END AS error FROM checked
     )
@@ -378,9 +400,8 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
            CASE WHEN license_error IS NULL THEN prefix || {rules.attribution_who_sql("rights_holder")} || suffix END
                AS attribution,
            CASE WHEN error IS NULL THEN 'pending' ELSE 'rejected' END AS status, error,
-           {literal(photos_path)} AS input_file, data_row AS input_row
+           {literal(photos_path)} AS input_file, data_row AS input_row, seq
     FROM decided
-    ORDER BY data_row
     """
 
 

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core import duck, schema
+from pipeline.core.background_writer import BackgroundWriter
 from pipeline.core.config import SourceSpec
 from pipeline.core.harness import Build, Stage, unit_fingerprints
 from pipeline.core.io import join, url_to_fs
@@ -142,9 +143,9 @@ def _write_candidates(build: Build, spec: SourceSpec, path: Path, part: str | No
     """Stream the adapter's rows (of one part, if given) into ``path``; returns the rows per status."""
     ctx = CrawlContext(caption_style=build.recipe.caption_style, duckdb=build.recipe.duckdb)
     status: dict[str, int] = {}
-    with candidate_writer(path) as writer:
+    with BackgroundWriter(candidate_writer(path)) as writer:
         for batch in read_source_batches(spec.adapter, _options(spec), ctx, BATCH_ROWS, part=part):
-            writer.write_batch(batch)
+            writer.write(batch)
             for entry in pc.value_counts(batch.column("status")).to_pylist():
                 status[entry["values"]] = status.get(entry["values"], 0) + entry["counts"]
     return status
