@@ -137,6 +137,13 @@ def first_bad_row(
     con: duckdb.DuckDBPyConnection, table: str, path: str, key: str | None
 ) -> tuple[int, int, str | None, str | None] | None:
     """``(data_row, line, problem, repeated key)`` of the first malformed row or repeated ``key``; None if clean."""
+    clean = f"SELECT NOT EXISTS (SELECT 1 FROM {ident(table)} WHERE problem IS NOT NULL)"
+    if key:  # one hash aggregate; the window that finds the first repeat runs only if there is one
+        clean += (
+            f" AND NOT EXISTS (SELECT 1 FROM {ident(table)} GROUP BY coalesce({ident(key)}, '') HAVING count(*) > 1)"
+        )
+    if con.sql(clean).fetchall()[0][0]:
+        return None
     repeat = (
         f"SELECT data_row, line, NULL AS problem, coalesce({ident(key)}, '') AS id FROM {ident(table)} "
         f"QUALIFY row_number() OVER (PARTITION BY coalesce({ident(key)}, '') ORDER BY data_row) = 2"
