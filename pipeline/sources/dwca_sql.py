@@ -82,9 +82,14 @@ def read_batches(
             log.info("%s: %d occurrence(s) have no multimedia row", archive.label(core.location), without_media)
         duck_rules.register_udfs(con, ctx.allowed_schemes)
         _create_joined(con)
-        con.execute("DROP TABLE core; DROP TABLE media")  # both are in joined now
+        con.execute("DROP TABLE core")  # its columns the rules read are in occurrence now
         per_taxon = _create_taxon_columns(con, ctx.caption_style)
-        duck_rules.create_license_table(con, "licenses", "SELECT license_raw FROM joined")
+        # Every raw license a row can have (its media row's, else its occurrence's), and maybe a few more.
+        duck_rules.create_license_table(
+            con,
+            "licenses",
+            f"SELECT {duck_text.ident('license')} FROM media UNION ALL SELECT occurrence_license FROM occurrence",
+        )
         query = _candidates_sql(config, ctx, archive.label(media.location), core.location, media.max_index)
         return _batches(con, query, batch_rows, work, per_taxon)
     except BaseException:
@@ -100,7 +105,7 @@ def _batches(
     the variants the query made (the taxon's plus ``original``)."""
     variants = CANDIDATE_SCHEMA.get_field_index("caption_variants")
     try:
-        for batch in con.sql(query).to_arrow_reader(batch_rows):
+        for batch in duck.in_row_order(con.sql(query).to_arrow_reader(batch_rows), "seq", batch_rows):
             columns = duck_rules.with_taxon_columns(batch, per_taxon).columns
             columns[variants] = pc.if_else(batch.column("has_original"), batch.column("original_variants"),
                                            columns[variants])  # fmt: skip
@@ -198,8 +203,9 @@ def _no_records(con: duckdb.DuckDBPyConnection, archive: Archive, spec: FileSpec
 
 def _create_joined(con: duckdb.DuckDBPyConnection) -> None:
     """``occurrence``: each occurrence with media, the columns the rules read and ``tix``, its index into ``taxa``
-    (each distinct scientific name, common name and taxonomy once); ``joined``: each media row with its
-    occurrence's columns and the partial row ``_candidate`` builds, without the taxon-level ones."""
+    (each distinct scientific name, common name and taxonomy once); ``joined``, a view: each media row with its
+    occurrence's columns and ``seq``, its place in ``media`` (the query's threads hand rows back interleaved;
+    :func:`in_row_order` puts them back in file order without sorting the whole result)."""
     q = duck_text.ident
     species = _or("c.species", "CASE WHEN coalesce(c.genus, '') <> '' AND coalesce(c.specificEpithet, '') <> '' "
                   "THEN c.genus || ' ' || c.specificEpithet ELSE c.species END")  # fmt: skip
@@ -245,8 +251,8 @@ def _create_joined(con: duckdb.DuckDBPyConnection) -> None:
     )
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE joined AS
-        SELECT m.*, o.core_id AS found, o.* EXCLUDE (core_id),
+        CREATE OR REPLACE TEMP VIEW joined AS
+        SELECT m.rowid AS seq, m.*, o.core_id AS found, o.* EXCLUDE (core_id),
                {_or(q("license"), "occurrence_license")} AS license_raw,
                {_or(q("rightsHolder"), q("creator"), "occurrence_rights_holder")} AS rights_holder,
                {_or(q("access_uri"), q("identifier"))} AS url_raw,
@@ -380,7 +386,6 @@ def _candidates_sql(config: Any, ctx: CrawlContext, label: str, core_location: s
            CASE WHEN license_error IS NULL THEN prefix || {rules.attribution_who_sql("rights_holder")} || suffix END
                AS attribution,
            CASE WHEN error IS NULL THEN 'pending' ELSE 'rejected' END AS status, error,
-           {literal(label)} AS input_file, data_row AS input_row
+           {literal(label)} AS input_file, data_row AS input_row, seq
     FROM decided
-    ORDER BY data_row
     """

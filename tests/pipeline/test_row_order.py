@@ -97,3 +97,49 @@ def test_a_large_inaturalist_export_crawls_in_file_order_on_several_threads(tmp_
         statuses += batch.column("status").to_pylist().count("pending")
     assert rows == 300_000
     assert statuses == sum((i * 2 // 3) % 3 != 0 for i in range(300_000))  # observation i is casual if i % 3 == 0
+
+
+def test_a_large_gbif_download_crawls_in_multimedia_order_on_several_threads(tmp_path):
+    # The DwC-A query joins 300,000 media rows to their occurrences on DuckDB's threads, as above.
+    folder = tmp_path / "dwca"
+    folder.mkdir()
+    dwc, dc, gbif = "http://rs.tdwg.org/dwc/terms/", "http://purl.org/dc/terms/", "http://rs.gbif.org/terms/1.0/"
+    core_terms = [gbif + "gbifID", dwc + "kingdom", gbif + "species", dwc + "taxonRank", dwc + "scientificName"]
+    media_terms = [gbif + "gbifID", dc + "type", dc + "format", dc + "identifier", dc + "creator", dc + "license"]
+
+    def block(tag: str, id_tag: str, row_type: str, location: str, terms: list[str]) -> str:
+        fields = "".join(f'<field index="{i}" term="{term}"/>' for i, term in enumerate(terms))
+        return (f'<{tag} encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" fieldsEnclosedBy="" '
+                f'ignoreHeaderLines="1" rowType="{row_type}"><files><location>{location}</location></files>'
+                f'<{id_tag} index="0"/>{fields}</{tag}>')  # fmt: skip
+
+    (folder / "meta.xml").write_text(
+        '<?xml version="1.0" encoding="utf-8"?><archive xmlns="http://rs.tdwg.org/dwc/text/">'
+        + block("core", "id", dwc + "Occurrence", "occurrence.txt", core_terms)
+        + block("extension", "coreid", gbif + "Multimedia", "multimedia.txt", media_terms)
+        + "</archive>"
+    )
+    con = duckdb.connect()
+    con.execute(
+        f"""COPY (SELECT 1000 + i AS gbifID, CASE WHEN i % 4 = 0 THEN 'Animalia' ELSE 'Plantae' END AS kingdom,
+                         'Genus' || i % 50 || ' species' || i % 500 AS species, 'SPECIES' AS taxonRank,
+                         'Genus' || i % 50 || ' species' || i % 500 || ' L.' AS scientificName
+                  FROM range(150000) t(i))
+            TO '{folder / "occurrence.txt"}' (FORMAT csv, DELIMITER '\t', HEADER, QUOTE '')"""
+    )
+    con.execute(
+        f"""COPY (SELECT 1000 + i // 2 AS gbifID, 'StillImage' AS type, 'image/jpeg' AS format,
+                         'https://media.example.org/' || i || '.jpg' AS identifier, 'Author ' || i % 90 AS creator,
+                         'http://creativecommons.org/licenses/by/4.0/' AS license
+                  FROM range(300000) t(i))
+            TO '{folder / "multimedia.txt"}' (FORMAT csv, DELIMITER '\t', HEADER, QUOTE '')"""
+    )
+    ctx = CrawlContext(caption_style="dalip", duckdb=DuckDBConfig(threads=2))
+    expected, pending = 1, 0
+    for batch in read_source_batches("gbif_dwca", {"path": str(folder)}, ctx, batch_rows=8192):
+        assert batch.column("input_row").to_pylist() == list(range(expected, expected + batch.num_rows))
+        assert batch.column("url").to_pylist()[0] == f"https://media.example.org/{expected - 1}.jpg"
+        expected += batch.num_rows
+        pending += batch.column("status").to_pylist().count("pending")
+    assert expected - 1 == 300_000
+    assert pending == 300_000 - sum((i // 2) % 4 == 0 for i in range(300_000))  # animals' media are rejected
