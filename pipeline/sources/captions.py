@@ -22,6 +22,7 @@ template it did not apply. General-domain rows only have ``original``, so every 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from pipeline.core.schema import CAPTION_STYLES, TAXONOMY_RANKS
@@ -48,6 +49,7 @@ class NoCaption(ValueError):
     """No variant of the requested style or its fallbacks exists for this row."""
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a taxon's ranks repeat its genus's, family's, ... (made once per taxon)
 def _clean(text: str | None) -> str:
     return " ".join(text.split()) if text else ""
 

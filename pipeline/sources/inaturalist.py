@@ -181,6 +181,7 @@ def read_batches(
             common = _lookup(common_path, "taxon_id", ("taxon_id", "common_name"), delimiter=",", quote='"')
         con.register("common_names", _common_table(common))
         duck_rules.register_udfs(con, ctx.allowed_schemes)
+        _create_holders_table(con)
         _create_taxon_table(con)
         duck_rules.create_caption_table(
             con,
@@ -222,6 +223,18 @@ def _common_table(common: dict[str, dict]) -> pa.Table:
     return pa.table(
         {"taxon_id": list(common), "common_name": names},
         schema=pa.schema([("taxon_id", pa.string()), ("common_name", pa.string())]),
+    )
+
+
+def _create_holders_table(con) -> None:
+    """``holders(observer_id, rights_holder, who)``: each observer's name (else login) and the name its credit
+    line gives, made once per observer rather than per photo."""
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE holders AS
+        SELECT observer_id, rights_holder, {duck_rules.attribution_who_sql("rights_holder")} AS who
+        FROM (SELECT observer_id, CASE WHEN name <> '' THEN name ELSE login END AS rights_holder FROM observers)
+        """
     )
 
 
@@ -366,13 +379,13 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
         SELECT p.rowid AS seq, p.data_row, p.line, p.problem, coalesce(p.photo_id, '') AS photo_id,
                coalesce(p.extension, '') AS extension, coalesce(p.observation_uuid, '') AS observation_uuid,
                p.observer_id, p.license AS raw_license,
-               u.observer_id AS observer_found, CASE WHEN u.name <> '' THEN u.name ELSE u.login END AS rights_holder,
+               u.observer_id AS observer_found, u.rights_holder, u.who,
                o.observation_uuid AS observation_found, o.taxon_id, o.quality_grade,
                t.taxon_id AS taxon_found, t.tix, t.rank_lower, t.taxonomy.kingdom AS kingdom, t.caption,
                t.caption_error,
                l.code AS license_code, l.url AS license_url, l.prefix, l.suffix, l.error AS license_error
         FROM photos p
-        LEFT JOIN observers u ON u.observer_id = coalesce(p.observer_id, '')
+        LEFT JOIN holders u ON u.observer_id = coalesce(p.observer_id, '')
         LEFT JOIN observations o ON o.observation_uuid = coalesce(p.observation_uuid, '')
         LEFT JOIN taxon_columns t ON t.taxon_id = o.taxon_id
         LEFT JOIN licenses l ON l.raw = coalesce(p.license, '')
@@ -397,8 +410,8 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
            tix, NULL::VARCHAR AS original_text, NULL::VARCHAR AS source_metadata,
            CASE WHEN license_error IS NULL THEN license_code ELSE nullif(raw_license, '') END AS license,
            license_url, rights_holder,
-           CASE WHEN license_error IS NULL THEN prefix || {rules.attribution_who_sql("rights_holder")} || suffix END
-               AS attribution,
+           CASE WHEN license_error IS NULL THEN prefix || coalesce(who, {rules.attribution_who_sql("NULL::VARCHAR")})
+               || suffix END AS attribution,
            CASE WHEN error IS NULL THEN 'pending' ELSE 'rejected' END AS status, error,
            {literal(photos_path)} AS input_file, data_row AS input_row, seq
     FROM decided

@@ -108,17 +108,14 @@ class CrawlStage(Stage):
         spec = _spec(build, unit)
         raw = out / f"{unit}.raw.parquet"
         parts = part_units(spec)
-        if parts:
-            _join_parts(build, parts, raw)
-        else:
-            _write_candidates(build, spec, raw)
+        counts = _join_parts(build, parts, raw) if parts else _write_candidates(build, spec, raw)
         final = out / f"{unit}.parquet"
         con = duck.connect(build.recipe.duckdb)
-        mark_repeats(con, raw, final)
+        if mark_repeats(con, raw, final):  # repeats became rejected rows: count again
+            counts = dict(
+                con.sql(f"SELECT status, count(*) FROM read_parquet({duck.literal(final)}) GROUP BY 1").fetchall()
+            )
         raw.unlink(missing_ok=True)
-        counts = dict(
-            con.sql(f"SELECT status, count(*) FROM read_parquet({duck.literal(final)}) GROUP BY 1").fetchall()
-        )
         stats = {"rows": sum(counts.values()), "status": dict(sorted(counts.items()))}
         return {**stats, "parts": len(parts)} if parts else stats
 
@@ -146,9 +143,13 @@ def _write_candidates(build: Build, spec: SourceSpec, path: Path, part: str | No
     with BackgroundWriter(candidate_writer(path)) as writer:
         for batch in read_source_batches(spec.adapter, _options(spec), ctx, BATCH_ROWS, part=part):
             writer.write(batch)
-            for entry in pc.value_counts(batch.column("status")).to_pylist():
-                status[entry["values"]] = status.get(entry["values"], 0) + entry["counts"]
+            _count_status(batch, status)
     return status
+
+
+def _count_status(batch: pa.RecordBatch, status: dict[str, int]) -> None:
+    for entry in pc.value_counts(batch.column("status")).to_pylist():
+        status[entry["values"]] = status.get(entry["values"], 0) + entry["counts"]
 
 
 def candidate_writer(path: Path) -> pq.ParquetWriter:
@@ -176,15 +177,18 @@ def _leaf_paths(names: list[str]) -> list[str]:
     return paths
 
 
-def _join_parts(build: Build, parts: list[str], path: Path) -> None:
-    """The parts' rows, in part order, streamed into one local file (a batch at a time)."""
+def _join_parts(build: Build, parts: list[str], path: Path) -> dict[str, int]:
+    """The parts' rows, in part order, streamed into one local file (a batch at a time); the rows per status."""
     layout = build.layout
-    with candidate_writer(path) as writer:
+    status: dict[str, int] = {}
+    with BackgroundWriter(candidate_writer(path)) as writer:
         for unit in parts:
             fs, remote = url_to_fs(layout.unit_file(CrawlPartsStage.name, unit))
             with fs.open(remote, "rb") as stream:
                 for batch in pq.ParquetFile(stream).iter_batches(batch_size=BATCH_ROWS):
-                    writer.write_batch(batch)
+                    writer.write(batch)
+                    _count_status(batch, status)
+    return status
 
 
 def input_state(spec: SourceSpec) -> dict[str, Any]:
