@@ -168,7 +168,7 @@ def attribution_who_sql(holder_expr: str) -> str:
 
 
 def create_caption_table(
-    con: duckdb.DuckDBPyConnection, table: str, inputs_sql: str, caption_style: str, batch_rows: int = 65_536
+    con: duckdb.DuckDBPyConnection, table: str, inputs_sql: str, caption_style: str, batch_rows: int = 8_192
 ) -> None:
     """``table(k, caption_variants, caption, caption_kind, caption_error)``, one row per row of ``inputs_sql``.
 

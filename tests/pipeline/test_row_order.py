@@ -50,17 +50,16 @@ def test_a_missing_or_repeated_row_is_an_error_not_a_silent_gap():
 
 def test_background_writer_writes_every_batch_in_order(tmp_path):
     schema = pa.schema([("n", pa.int64())])
-    with BackgroundWriter(pq.ParquetWriter(tmp_path / "n.parquet", schema), depth=2, group_rows=1000) as writer:
+    with BackgroundWriter(pq.ParquetWriter(tmp_path / "n.parquet", schema), depth=2) as writer:
         for start in range(0, 10_050, 150):
             writer.write(pa.record_batch({"n": list(range(start, start + 150))}, schema=schema))
     assert pq.read_table(tmp_path / "n.parquet")["n"].to_pylist() == list(range(10_050))
-    assert pq.ParquetFile(tmp_path / "n.parquet").metadata.num_row_groups == 10  # 1,050 rows each, 600 last
 
 
 def test_background_writer_raises_the_writing_threads_error(tmp_path):
     schema = pa.schema([("n", pa.int64())])
     wrong = pa.record_batch({"s": ["not the file's schema"]})
-    with pytest.raises(ValueError, match="(?i)schema"):
+    with pytest.raises(ValueError, match="schema"):
         with BackgroundWriter(pq.ParquetWriter(tmp_path / "n.parquet", schema), depth=1) as writer:
             writer.write(wrong)
             for _ in range(5):  # later writes neither block nor hide the first error
