@@ -25,7 +25,9 @@ both (taxa, observers and common names whole), so workers spread the join and ea
 rows are the whole crawl's, sample ids included, ordered by partition, then by row of ``photos.csv``.
 
 Scale: the join, the filters and every column are one DuckDB query (``pipeline.sources.duck_rules`` holds the
-shared row rules in SQL), streamed out in Arrow batches in ``photos.csv`` order; DuckDB spills past the recipe's
+shared row rules in SQL), streamed out in Arrow batches in ``photos.csv`` order (DuckDB's threads hand the rows
+back interleaved; ``duck.in_row_order`` restores the order holding only the early ones, not the whole result, and
+the photos' rowid says which is which); DuckDB spills past the recipe's
 ``duckdb.memory_limit``, so the full export (hundreds of millions of photos) crawls without cutting it first.
 Python runs once per distinct license and per taxon, never per photo (``benchmarks/crawl.py``).
 An id that repeats in observations, taxa, observers or common_names raises ``SourceError`` naming the file, the
