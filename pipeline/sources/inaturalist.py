@@ -164,33 +164,43 @@ def read_batches(
     paths = {stem: _table(directory, stem) for stem in ("photos", "observations", "taxa", "observers")}
     common_path = _inside(directory, config.common_names) if config.common_names else None
     con = duck.connect(ctx.duckdb, *paths.values(), *([common_path] if common_path else []))
-    loader = ThreadPoolExecutor(1, thread_name_prefix="inaturalist-photos")
+    loader = ThreadPoolExecutor(2, thread_name_prefix="inaturalist-read")
     try:
-        # photos.csv, the largest file, is read on a second connection while this one reads the others and makes
-        # the captions: each read is one ordered scan on one core, and Python's caption work overlaps it.
-        photos_loaded = loader.submit(_load_photos, con, paths["photos"], share)
-        for stem, key, columns in (
-            ("observations", "observation_uuid", OBSERVATION_COLUMNS),
-            ("taxa", "taxon_id", TAXA_COLUMNS),
-            ("observers", "observer_id", OBSERVER_COLUMNS),
-        ):
-            where = share if stem == "observations" else None
-            read = OBSERVATION_READ if stem == "observations" else columns
-            duck_text.load_table(con, stem, paths[stem], required=columns, columns=read, where=where)
-            duck_text.check_lookup(con, stem, paths[stem], key)
-        common = {}
-        if common_path:
-            common = _lookup(common_path, "taxon_id", ("taxon_id", "common_name"), delimiter=",", quote='"')
+        # The two big files are read on cursors of their own while this connection reads the small ones and makes
+        # the captions: each read is one ordered scan on one core, and Python's caption work overlaps them.
+        photos_loaded = loader.submit(
+            _load_shared, con, "photos", paths["photos"], PHOTO_COLUMNS, PHOTO_READ, share, None
+        )
+        observations_loaded = loader.submit(
+            _load_shared, con, "observations", paths["observations"], OBSERVATION_COLUMNS, OBSERVATION_READ, share,
+            "observation_uuid",
+        )  # fmt: skip
+        try:
+            for stem, key, columns in (
+                ("taxa", "taxon_id", TAXA_COLUMNS),
+                ("observers", "observer_id", OBSERVER_COLUMNS),
+            ):
+                duck_text.load_table(con, stem, paths[stem], required=columns, columns=columns)
+                duck_text.check_lookup(con, stem, paths[stem], key)
+            common = {}
+            if common_path:
+                common = _lookup(common_path, "taxon_id", ("taxon_id", "common_name"), delimiter=",", quote='"')
+        except SourceError:
+            observations_loaded.result()  # a broken observations.csv is named first, as the files are listed
+            raise
         con.register("common_names", _common_table(common))
         duck_rules.register_udfs(con, ctx.allowed_schemes)
         _create_holders_table(con)
-        _create_taxon_table(con)
+        if partition:  # a share of the export names a share of the taxa: caption only those
+            observations_loaded.result()
+        _create_taxon_table(con, used_only=partition is not None)
         duck_rules.create_caption_table(
             con,
             "captions",
             "SELECT taxon_id AS k, name AS scientific_name, common_name, taxonomy, NULL AS original_text FROM taxon",
             ctx.caption_style,
         )
+        observations_loaded.result()
         photos_loaded.result()
         duck_rules.create_license_table(con, "licenses", "SELECT license FROM photos")
         per_taxon = _create_taxon_columns(con)
@@ -209,13 +219,22 @@ def read_batches(
         con.close()
 
 
-def _load_photos(con: duckdb.DuckDBPyConnection, path: str, share: str | None) -> None:
-    """Table ``photos`` (visible to every cursor of ``con``), of the columns the query reads."""
+def _load_shared(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    path: str,
+    required: tuple[str, ...],
+    columns: tuple[str, ...],
+    share: str | None,
+    key: str | None,
+) -> None:
+    """Table ``table`` of ``columns`` (visible to every cursor of ``con``), read on a cursor of its own; a lookup
+    table (``key``) is checked as the others are."""
     cursor = con.cursor()
     try:
-        duck_text.load_table(
-            cursor, "photos", path, required=PHOTO_COLUMNS, columns=PHOTO_READ, where=share, temporary=False
-        )
+        duck_text.load_table(cursor, table, path, required=required, columns=columns, where=share, temporary=False)
+        if key:
+            duck_text.check_lookup(cursor, table, path, key)
     finally:
         cursor.close()
 
@@ -240,19 +259,21 @@ def _create_holders_table(con) -> None:
     )
 
 
-def _create_taxon_table(con) -> None:
-    """``taxon(taxon_id, name, rank, taxonomy, common_name)`` for the taxa observations name.
+def _create_taxon_table(con, used_only: bool) -> None:
+    """``taxon(taxon_id, name, rank, taxonomy, common_name)`` for every taxon, or (``used_only``) for the taxa
+    observations name (then ``observations`` must be loaded: the whole export's taxa are made while it is read).
 
     The taxonomy of a taxon walks its ``ancestry`` (root first) and itself: each node with a rank of
     ``TAXONOMY_RANKS`` and a name sets that rank, the deepest node last.
     """
     ranks = ", ".join(f"'{rank}'" for rank in TAXONOMY_RANKS)
+    used = "SELECT * FROM taxa"
+    if used_only:
+        used += " SEMI JOIN (SELECT DISTINCT taxon_id FROM observations) o USING (taxon_id)"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE taxon AS
-        WITH used AS (
-            SELECT taxa.* FROM taxa SEMI JOIN (SELECT DISTINCT taxon_id FROM observations) o USING (taxon_id)
-        ), chains AS (
+        WITH used AS ({used}), chains AS (
             SELECT taxon_id,
                    list_append(list_filter(string_split(coalesce(ancestry, ''), '/'), lambda x: x <> ''), taxon_id)
                        AS nodes
