@@ -118,17 +118,20 @@ def url_check_sql(expr: str, schemes: Sequence[str]) -> str:
     )
 
 
-def stripped_url_sql(raw: str, plain: str) -> str:
-    """The URL ``raw`` stripped, NULL when empty; ``plain`` (:func:`plain_url_sql` of ``raw``, computed once)
-    spares the plain ones, nearly all, a second pattern match."""
-    return f"CASE WHEN {plain} THEN {raw} ELSE nullif({strip_sql(raw)}, '') END"
-
-
-def checked_url_sql(stripped: str, plain: str, schemes: Sequence[str]) -> str:
-    """:func:`url_check_sql` of ``stripped`` (:func:`stripped_url_sql`), where ``plain`` says the raw URL was
-    plain and so its own URI already."""
-    plain_uri = f"{{'url': {stripped}, 'error': NULL::VARCHAR}}"
-    return f"CASE WHEN {plain} THEN {plain_uri} ELSE {url_check_sql(stripped, schemes)} END"
+def checked_url_ctes(source: str, raw: str, schemes: Sequence[str], name: str) -> str:
+    """CTEs ending in ``name``: the rows of ``source`` with ``url_stripped`` (the URL ``raw`` stripped, NULL when
+    empty) and ``checked`` (:func:`url_check_sql` of it). A plain raw URL (:func:`plain_url_sql`, matched once into
+    ``url_plain``), nearly every one, is its own stripped URL and URI: no second pattern match."""
+    plain_uri = "{'url': url_stripped, 'error': NULL::VARCHAR}"
+    return f"""{name}_plain AS (
+        SELECT *, {plain_url_sql(raw, schemes)} AS url_plain FROM {source}
+    ), {name}_stripped AS (
+        SELECT *, CASE WHEN url_plain THEN {raw} ELSE nullif({strip_sql(raw)}, '') END AS url_stripped
+        FROM {name}_plain
+    ), {name} AS (
+        SELECT *, CASE WHEN url_plain THEN {plain_uri} ELSE {url_check_sql("url_stripped", schemes)} END AS checked
+        FROM {name}_stripped
+    )"""
 
 
 def located_error_sql(input_file: str, row_expr: str, field: str, message_expr: str) -> str:

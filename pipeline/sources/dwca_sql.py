@@ -351,13 +351,10 @@ def _candidates_sql(config: Any, ctx: CrawlContext, label: str, core_location: s
     record = f"{_or('gbifID', 'core_id')} || ':' || coalesce(url_raw, 'None')"
     return f"""
     WITH rows AS (
-        SELECT j.*, {int(max_index)} AS max_index,
-               nullif({rules.strip_sql(f"coalesce({url}, '')")}, '') AS url_stripped,
+        SELECT j.*, {int(max_index)} AS max_index, coalesce({url}, '') AS url_given,
                CASE WHEN original_raw IS NULL THEN '' ELSE {rules.clean_sql("original_raw")} END AS original
         FROM joined j
-    ), urls AS (
-        SELECT r.*, {rules.url_check_sql("url_stripped", ctx.allowed_schemes)} AS checked FROM rows r
-    ), decided AS (
+    ), {rules.checked_url_ctes("rows", "url_given", ctx.allowed_schemes, "urls")}, decided AS (
         SELECT r.*, {choice["caption"]} AS caption, {choice["caption_kind"]} AS caption_kind,
                original <> '' AS has_original,
                CASE WHEN original <> '' THEN {choice["caption_variants"]} END AS original_variants,

@@ -414,13 +414,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
         LEFT JOIN licenses l ON l.raw = coalesce(p.license, '')
     ), urls AS (
         SELECT *, CASE WHEN photo_id <> '' AND extension <> '' THEN {url} END AS url_raw FROM joined
-    ), plain AS (
-        SELECT *, {rules.plain_url_sql("url_raw", ctx.allowed_schemes)} AS url_plain FROM urls
-    ), stripped AS (
-        SELECT *, {rules.stripped_url_sql("url_raw", "url_plain")} AS url_stripped FROM plain
-    ), checked AS (
-        SELECT *, {rules.checked_url_sql("url_stripped", "url_plain", ctx.allowed_schemes)} AS checked FROM stripped
-    ), decided AS (
+    ), {rules.checked_url_ctes("urls", "url_raw", ctx.allowed_schemes, "checked")}, decided AS (
         SELECT *, CASE {" ".join(rules_sql)} END AS error FROM checked
     )
     SELECT {rules.sample_id_sql(config.name, record)} AS sample_id,
