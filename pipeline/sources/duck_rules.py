@@ -283,7 +283,7 @@ def taxonomy_struct_sql(rank_expr: str, name_expr: str) -> str:
 
 def with_taxon_columns(batch: pa.RecordBatch, per_taxon: pa.Table) -> pa.RecordBatch:
     """A query's batch as ``CANDIDATE_SCHEMA``, each column of ``per_taxon`` (one row per taxon, in the order of the
-    taxon index) taken by the batch's ``tix``: taxon-level values are made once per taxon, so the query sorts and
+    taxon index) taken by the batch's ``tix``: taxon-level values are made once per taxon, so the query carries and
     converts narrow rows only. A row without a taxon (``tix`` NULL) gets NULLs there, as a join would give."""
     index = batch.column("tix")
     taken = {name: per_taxon.column(name).chunk(0).take(index) for name in per_taxon.column_names}

@@ -4,7 +4,7 @@ For archives whose core and media files are unquoted UTF-8 text (GBIF downloads:
 ``fieldsEnclosedBy=""``), the adapter's per-row Python (occurrence lookup, taxon, filters, ``build_row``) becomes
 a join and column expressions; Python runs once per distinct license and per distinct (name, common name,
 taxonomy), never per media row; those taxon-level columns are attached to each batch by Arrow ``take`` on a
-taxon index, so the query sorts narrow rows. Row for row the same values and error texts as the Python path (a
+taxon index, so the query carries narrow rows. Row for row the same values and error texts as the Python path (a
 test holds the two together on hostile archives), which stays for quoted or other-encoded archives,
 associatedMedia cores, and any file DuckDB cannot read cleanly (its error names the line).
 

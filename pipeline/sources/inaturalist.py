@@ -296,7 +296,7 @@ def _create_taxon_table(con, used_only: bool) -> None:
 
 
 # Candidate columns that depend on the taxon only: made once per taxon, attached to each photo batch by Arrow
-# ``take`` on the taxon's index, so that the query sorts and converts narrow photo rows only.
+# ``take`` on the taxon's index, so that the query carries and converts narrow photo rows only.
 TAXON_LEVEL = ("scientific_name", "common_name", "taxon_rank", "taxonomy", "caption", "caption_kind",
                "caption_variants")  # fmt: skip
 
