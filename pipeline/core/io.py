@@ -185,6 +185,15 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
     return pq.read_table(remote, columns=columns, filesystem=fs)
 
 
+# What tells one version of a file from another, by filesystem: local mtime, S3 / GCS / HF content tags, dates.
+VERSION_KEYS = ("mtime", "ETag", "etag", "md5Hash", "blob_id", "LastModified", "last_modified", "updated")
+
+
+def file_version(info: dict[str, Any]) -> Any:
+    """The version an fsspec ``info()`` entry gives its file (None if the filesystem gives none)."""
+    return next((info[key] for key in VERSION_KEYS if info.get(key) is not None), None)
+
+
 def parquet_rows(path: str | Path) -> int:
     """Row count from the Parquet footer, without reading the data."""
     fs, remote = url_to_fs(path)

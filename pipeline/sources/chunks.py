@@ -20,9 +20,7 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from pipeline.core.io import is_local, url_to_fs
+from pipeline.core.io import file_version, url_to_fs
 from pipeline.sources.base import ConfigError
 from pipeline.sources.textfiles import open_binary
 
@@ -92,19 +90,11 @@ def rows_between(rows: Iterator[tuple], first: int | None, last: int | None) -> 
             yield item
 
 
-def parquet_rows(path: str) -> int:
-    if is_local(path):
-        return pq.ParquetFile(path).metadata.num_rows
-    fs, remote = url_to_fs(path)
-    return pq.ParquetFile(remote, filesystem=fs).metadata.num_rows
-
-
 def text_lines(path: str) -> int:
     """Lines in a (possibly gzipped, possibly remote) text file, counted in blocks; cached per file version."""
     fs, remote = url_to_fs(path)
     info: dict[str, Any] = fs.info(remote)
-    version = info.get("mtime") or info.get("ETag") or info.get("etag") or info.get("LastModified")
-    return _count_lines(path, info.get("size"), str(version))
+    return _count_lines(path, info.get("size"), str(file_version(info)))
 
 
 @functools.lru_cache(maxsize=256)

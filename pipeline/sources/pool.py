@@ -55,7 +55,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.io import is_local, url_to_fs
+from pipeline.core.io import is_local, parquet_rows, url_to_fs
 from pipeline.sources.base import (
     ConfigError,
     CrawlContext,
@@ -66,7 +66,7 @@ from pipeline.sources.base import (
     reject,
     rewrite_url,
 )
-from pipeline.sources.chunks import chunk_parts, parquet_rows, rows_between, split_part, text_lines
+from pipeline.sources.chunks import chunk_parts, rows_between, split_part, text_lines
 from pipeline.sources.textfiles import DecodedLines, open_binary, read_table
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}

@@ -29,7 +29,7 @@ from pipeline.core import duck, schema
 from pipeline.core.background_writer import BackgroundWriter
 from pipeline.core.config import SourceSpec
 from pipeline.core.harness import Build, Stage, unit_fingerprints
-from pipeline.core.io import join, url_to_fs
+from pipeline.core.io import file_version, join, url_to_fs
 from pipeline.sources.base import CrawlContext
 from pipeline.sources.chunks import PARTITION_MARK, part_file
 from pipeline.sources.registry import read_source_batches, source_parts
@@ -39,8 +39,6 @@ BATCH_ROWS = 8_192  # adapter rows held as Python dicts before they are written 
 # fields in pipeline/sources/ declare them; ``common_names`` is relative to ``directory`` and ``pages`` to the
 # folder of ``path`` unless absolute.
 INPUT_OPTIONS = ("path", "directory", "common_names", "pages")
-# What tells one version of a file from another, by filesystem: local mtime, S3 / GCS / HF content tags, dates.
-VERSION_KEYS = ("mtime", "ETag", "etag", "md5Hash", "blob_id", "LastModified", "last_modified", "updated")
 
 
 # Parquet options for candidate files: dictionaries only where values repeat (a source's constants, licenses, the
@@ -223,8 +221,7 @@ def _files_state(location: str) -> dict[str, Any]:
         return {"missing": location}  # the adapter names it when the crawl runs
     digest, files, size = hashlib.sha256(), 0, 0
     for info in sorted((i for i in infos if i.get("type") != "directory"), key=lambda i: i["name"]):
-        version = next((info[k] for k in VERSION_KEYS if info.get(k) is not None), None)
-        digest.update(f"{info['name']}\t{info.get('size')}\t{version}\n".encode())
+        digest.update(f"{info['name']}\t{info.get('size')}\t{file_version(info)}\n".encode())
         files, size = files + 1, size + int(info.get("size") or 0)
     return {"files": files, "bytes": size, "sha256": digest.hexdigest()[:16]}
 
