@@ -218,10 +218,10 @@ RANK_LEVELS = {
 }  # fmt: skip
 
 
-def check_partitions(config_where: str, partitions: Any) -> None:
-    """``partitions`` (crawl units of one export) is None or a positive int."""
-    if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1):
-        raise ConfigError(f"{config_where}: partitions must be a positive number of units, got {partitions!r}")
+def check_count(config_where: str, option: str, value: Any, of: str) -> None:
+    """An option counting crawl ``of`` (``partitions``: units; ``chunk_rows``: rows) is None or a positive int."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{config_where}: {option} must be a positive number of {of}, got {value!r}")
 
 
 def check_taxon_filter(config_where: str, kingdoms: tuple[str, ...], min_rank: str | None) -> None:

@@ -64,7 +64,7 @@ from pipeline.sources.base import (
     apply_taxon_filter,
     batches_of,
     build_row,
-    check_partitions,
+    check_count,
     check_taxon_filter,
     check_url_rewrite,
     config_from_dict,
@@ -149,7 +149,7 @@ class Config:
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}: {option} must be a list of strings")
             setattr(self, option, tuple(value))
-        check_partitions(where, self.partitions)
+        check_count(where, "partitions", self.partitions, "units")
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> Config:

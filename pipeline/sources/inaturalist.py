@@ -56,7 +56,7 @@ from pipeline.sources.base import (
     ConfigError,
     CrawlContext,
     SourceError,
-    check_partitions,
+    check_count,
     check_taxon_filter,
     check_url_rewrite,
     config_from_dict,
@@ -97,7 +97,7 @@ class Config:
         self.kingdoms = tuple(self.kingdoms)
         self.url_rewrite = check_url_rewrite(self.url_rewrite, where)
         self.base_url = self.base_url.rstrip("/")
-        check_partitions(where, self.partitions)
+        check_count(where, "partitions", self.partitions, "units")
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> Config:

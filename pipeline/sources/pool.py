@@ -61,6 +61,7 @@ from pipeline.sources.base import (
     CrawlContext,
     SourceError,
     build_row,
+    check_count,
     check_url_rewrite,
     config_from_dict,
     reject,
@@ -112,8 +113,7 @@ class Config:
                 raise ConfigError(f"{where}: columns must be a list of column names, e.g. [url, caption]")
             self.columns = list(self.columns)
         self.url_rewrite = check_url_rewrite(self.url_rewrite, where)
-        if self.chunk_rows is not None and (not isinstance(self.chunk_rows, int) or self.chunk_rows < 1):
-            raise ConfigError(f"{where}: chunk_rows must be a positive number of rows, got {self.chunk_rows!r}")
+        check_count(where, "chunk_rows", self.chunk_rows, "rows")
         if self.metadata_columns is not None:
             names = self.metadata_columns
             if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) and c for c in names):
