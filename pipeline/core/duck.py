@@ -96,9 +96,10 @@ def in_row_order(batches: Iterable[pa.RecordBatch], column: str, batch_rows: int
         rows = batch.column(column).to_numpy(zero_copy_only=False)
         cuts = (np.flatnonzero(np.diff(rows) != 1) + 1).tolist()
         for start, end in zip([0, *cuts], [*cuts, len(rows)], strict=True):
-            if int(rows[start]) in waiting or int(rows[start]) < next_row:
-                raise RuntimeError(f"row {int(rows[start])} of the query came back twice")
-            waiting[int(rows[start])] = batch.slice(start, end - start)
+            first = int(rows[start])
+            if first in waiting or first < next_row:
+                raise RuntimeError(f"row {first} of the query came back twice")
+            waiting[first] = batch.slice(start, end - start)
         while next_row in waiting:
             run = waiting.pop(next_row)
             ready.append(run)
