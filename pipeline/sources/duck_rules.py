@@ -9,10 +9,12 @@ whitespace). Everything here is an SQL expression or a small temp table; the ada
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core.duck import literal
 from pipeline.core.schema import CANDIDATE_SCHEMA, TAXONOMY_RANKS
@@ -144,6 +146,10 @@ def sample_id_sql(source: str, record_expr: str) -> str:
     return f"left(sha256({literal(source + chr(31))} || {record_expr}), 32)"
 
 
+_LICENSE_FIELDS = ("code", "url", "prefix", "suffix", "error")
+_LICENSE = duckdb.struct_type({name: _VARCHAR for name in _LICENSE_FIELDS})
+
+
 def create_license_table(con: duckdb.DuckDBPyConnection, table: str, raw_values_sql: str) -> None:
     """``table(raw, code, url, prefix, suffix, error)``: each distinct raw license normalised once.
 
@@ -151,18 +157,41 @@ def create_license_table(con: duckdb.DuckDBPyConnection, table: str, raw_values_
     is :func:`attribution_who_sql` of its rights holder (cut from :func:`licenses.attribution_line` itself).
     """
     raws = [value for (value,) in con.sql(f"SELECT DISTINCT coalesce(v, '') FROM ({raw_values_sql}) t(v)").fetchall()]
-    columns: dict[str, list[str | None]] = {name: [] for name in ("raw", "code", "url", "prefix", "suffix", "error")}
-    for raw in raws:
-        try:
-            lic = licenses.normalize_license(raw)
-        except licenses.LicenseError as exc:
-            values = (raw, None, None, None, None, str(exc))
-        else:
-            prefix, suffix = licenses.attribution_line("\x00", lic).split("\x00")
-            values = (raw, lic.code, lic.url, prefix, suffix, None)
-        for name, value in zip(columns, values, strict=True):
-            columns[name].append(value)
-    _create_from_arrow(con, table, pa.table(columns, schema=pa.schema([(n, pa.string()) for n in columns])))
+    normalised = _license_structs(raws)
+    columns = {"raw": pa.array(raws, pa.string()), **{name: normalised.field(name) for name in _LICENSE_FIELDS}}
+    _create_from_arrow(con, table, pa.table(columns))
+
+
+def register_license_function(con: duckdb.DuckDBPyConnection) -> None:
+    """SQL function ``py_license(raw)``: the struct ``(code, url, prefix, suffix, error)`` that
+    :func:`create_license_table` holds for ``raw`` (NULL as ''), for a query whose licenses are not known before it
+    runs (its rows are streamed from a file). Vectorised: Python runs per distinct value of a vector, and a value
+    seen before is not normalised again."""
+
+    def py_license(raw: pa.Array | pa.ChunkedArray) -> pa.StructArray:
+        values = pc.fill_null(raw, "")
+        distinct = pc.unique(values)
+        return _license_structs(distinct.to_pylist()).take(pc.index_in(values, value_set=distinct))
+
+    con.create_function("py_license", py_license, [_VARCHAR], _LICENSE, type="arrow", null_handling="special")
+
+
+def _license_structs(raws: list[str]) -> pa.StructArray:
+    rows = [license_values(raw) for raw in raws]
+    fields = [pa.array([row[i] for row in rows], pa.string()) for i in range(len(_LICENSE_FIELDS))]
+    return pa.StructArray.from_arrays(fields, _LICENSE_FIELDS)
+
+
+@functools.lru_cache(maxsize=65_536)
+def license_values(raw: str) -> tuple[str | None, ...]:
+    """``(code, url, prefix, suffix, error)`` of a raw license: the normalised code and URL and the attribution
+    line cut around its holder, or the reason it is refused."""
+    try:
+        lic = licenses.normalize_license(raw)
+    except licenses.LicenseError as exc:
+        return None, None, None, None, str(exc)
+    prefix, suffix = licenses.attribution_line("\x00", lic).split("\x00")
+    return lic.code, lic.url, prefix, suffix, None
 
 
 def attribution_who_sql(holder_expr: str) -> str:

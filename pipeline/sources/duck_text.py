@@ -5,7 +5,9 @@
 NULL, extra fields dropped, the last of two equally named columns) as :func:`pipeline.sources.textfiles.read_table`
 yields, so an adapter written over either reports the same rows. DuckDB reads each line whole (one
 single-threaded, ordered scan, which numbers the lines) and splits it in SQL; everything after runs in parallel
-and spills to disk, so files far larger than memory work.
+and spills to disk, so files far larger than memory work. :func:`stream_table` gives the same rows as a view over
+the file's lines streamed by Arrow (``pipeline.sources.line_stream``), for a file one query reads once and that
+need not be held at all.
 
 A file DuckDB cannot read cleanly (bytes that are not UTF-8, a corrupt ``.gz``) is re-read by the Python reader,
 whose :class:`SourceError` names the file, the line and the bytes; the header is checked by Python too (BOM,
@@ -18,9 +20,11 @@ import collections
 from collections.abc import Sequence
 
 import duckdb
+import pyarrow as pa
 
 from pipeline.core.duck import literal
 from pipeline.sources.base import SourceError
+from pipeline.sources.line_stream import LineStream
 from pipeline.sources.textfiles import read_header, read_table
 
 # Lines are read as one column: this 4-byte separator never occurs in a text export (a line holding it is refused).
@@ -50,31 +54,23 @@ def load_table(
     every cursor of the connection (a temp table only by its own).
     """
     header = read_header(path, required=required, delimiter=delimiter)
-    position = {name: i + 1 for i, name in enumerate(header)}  # a repeated name: the last one wins, as in a dict
-    values = ", ".join(
-        f"f[{position[c]}] AS {ident(c)}" if c in position else f"NULL::VARCHAR AS {ident(c)}" for c in columns
-    )
-    n = len(header)
     rejects = (
         f", store_rejects = true, ignore_errors = true, rejects_table = {literal(table + '_rejects')}, "
         f"rejects_scan = {literal(table + '_rejects_scan')}"
     )
     # Two streaming row numbers over one ordered, single-threaded scan: the physical line, then the record
     # (blank lines skipped; the first record is the header).
-    records = f"""
+    lines = f"""
         WITH physical AS (
             SELECT text, row_number() OVER () AS line
             FROM read_csv({literal(path)}, columns = {{'text': 'VARCHAR'}}, delim = {literal(_WHOLE_LINE)},
                           quote = '', escape = '', comment = '', header = false, auto_detect = false,
                           strict_mode = false, parallel = false{rejects})
-        ), records AS (
-            SELECT line, row_number() OVER () - 1 AS data_row, string_split(text, {literal(delimiter)}) AS f
-            FROM physical WHERE text IS NOT NULL
         )
-        SELECT data_row, line,
-               CASE WHEN len(f) <> {n} THEN 'expected {n} fields, found ' || len(f) END AS problem, {values}
-        FROM records WHERE data_row >= 1
+        SELECT * FROM (SELECT row_number() OVER () - 1 AS data_row, line, text FROM physical WHERE text IS NOT NULL)
+        WHERE data_row >= 1
     """
+    records = _fields_sql(lines, header, columns, delimiter)
     if where:
         records = f"SELECT * FROM ({records}) WHERE {where}"
     try:
@@ -87,6 +83,55 @@ def load_table(
     if found:
         line, kind, message = found[0]
         _raise_file_error(path, delimiter, f"line {line}: {kind} ({message})")
+
+
+def stream_table(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    path: str,
+    *,
+    required: Sequence[str],
+    columns: Sequence[str],
+    delimiter: str = "\t",
+    where: str | None = None,
+) -> LineStream:
+    """View ``table(seq, data_row, line, problem, <columns>)``: :func:`load_table`'s rows, streamed from the file
+    while a query scans the view (once: the stream is not kept), with ``seq`` 0, 1, 2, ... over the rows ``where``
+    keeps. The returned stream's ``error`` is the :class:`SourceError` that ended a failed scan."""
+    header = read_header(path, required=required, delimiter=delimiter)
+    keep = None
+    if where:
+        private = duckdb.connect()  # a filter of each batch, in order, beside the query that scans the stream
+        private.execute("SET threads = 1")
+
+        def keep(batch: pa.RecordBatch) -> pa.Array:
+            private.register("_batch", batch)
+            rows = _fields_sql("SELECT * FROM _batch", header, columns, delimiter)
+            kept = private.sql(f"SELECT coalesce({where}, false) FROM ({rows})")
+            return kept.to_arrow_table().column(0).combine_chunks()
+
+    stream = LineStream(path, lambda message: _raise_file_error(path, delimiter, message), where=keep)
+    con.register(f"{table}_lines", stream.reader())
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {ident(table)} AS "
+        f"{_fields_sql('SELECT * FROM ' + ident(table + '_lines'), header, columns, delimiter)}"
+    )
+    return stream
+
+
+def _fields_sql(lines: str, header: Sequence[str], columns: Sequence[str], delimiter: str) -> str:
+    """The rows of the query ``lines`` (with a ``text`` column) with ``text`` split into ``columns`` by
+    position in ``header``: the other columns first, then ``problem`` and the values."""
+    position = {name: i + 1 for i, name in enumerate(header)}  # a repeated name: the last one wins, as in a dict
+    values = ", ".join(
+        f"f[{position[c]}] AS {ident(c)}" if c in position else f"NULL::VARCHAR AS {ident(c)}" for c in columns
+    )
+    n = len(header)
+    return f"""
+        SELECT * EXCLUDE (text, f), CASE WHEN len(f) <> {n} THEN 'expected {n} fields, found ' || len(f) END AS problem,
+               {values}
+        FROM (SELECT *, string_split(text, {literal(delimiter)}) AS f FROM ({lines}))
+    """
 
 
 def load_records(

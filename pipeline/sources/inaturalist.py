@@ -25,11 +25,13 @@ both (taxa, observers and common names whole), so workers spread the join and ea
 rows are the whole crawl's, sample ids included, ordered by partition, then by row of ``photos.csv``.
 
 Scale: the join, the filters and every column are one DuckDB query (``pipeline.sources.duck_rules`` holds the
-shared row rules in SQL), streamed out in Arrow batches in ``photos.csv`` order (DuckDB's threads hand the rows
-back interleaved; ``duck.in_row_order`` restores the order holding only the early ones, not the whole result, and
-the photos' rowid says which is which); DuckDB spills past the recipe's
-``duckdb.memory_limit``, so the full export (hundreds of millions of photos) crawls without cutting it first.
-Python runs once per distinct license and per taxon, never per photo (``benchmarks/crawl.py``).
+shared row rules in SQL). ``photos.csv``, the largest file, is never held: its lines are streamed into the query
+as Arrow batches (``pipeline.sources.line_stream``), numbered as a loaded table would be, and the rows come out in
+Arrow batches in ``photos.csv`` order (DuckDB's threads hand them back interleaved; ``duck.in_row_order``
+restores the order holding only the early ones, and the stream's ``seq`` says which is which). The lookup tables
+(observations, taxa, observers) are loaded, and DuckDB spills them past the recipe's ``duckdb.memory_limit``, so the
+full export (hundreds of millions of photos) crawls without cutting it first. Python runs once per distinct
+license and per taxon, and per block of lines, never per photo (``benchmarks/crawl.py``).
 An id that repeats in observations, taxa, observers or common_names raises ``SourceError`` naming the file, the
 row and the id (a photo would otherwise join to whichever row came last); so does a malformed row there.
 """
@@ -166,10 +168,10 @@ def read_batches(
     con = duck.connect(ctx.duckdb, *paths.values(), *([common_path] if common_path else []))
     loader = ThreadPoolExecutor(2, thread_name_prefix="inaturalist-read")
     try:
-        # The two big files are read on cursors of their own while this connection reads the small ones and makes
-        # the captions: each read is one ordered scan on one core, and Python's caption work overlaps them.
-        photos_loaded = loader.submit(
-            _load_shared, con, "photos", paths["photos"], PHOTO_COLUMNS, PHOTO_READ, share, None
+        # photos.csv, the largest file, is streamed into the query, never held; observations.csv is read on a
+        # cursor of its own while this connection reads the small tables and makes the captions.
+        photos = duck_text.stream_table(
+            con, "photos", paths["photos"], required=PHOTO_COLUMNS, columns=PHOTO_READ, where=share
         )
         observations_loaded = loader.submit(
             _load_shared, con, "observations", paths["observations"], OBSERVATION_COLUMNS, OBSERVATION_READ, share,
@@ -201,13 +203,16 @@ def read_batches(
             ctx.caption_style,
         )
         observations_loaded.result()
-        photos_loaded.result()
-        duck_rules.create_license_table(con, "licenses", "SELECT license FROM photos")
+        duck_rules.register_license_function(con)
         per_taxon = _create_taxon_columns(con)
+        # The photos, streamed, are each join's probe side, so rows come out in about their order (DuckDB, not
+        # knowing a stream's size, would otherwise hash the photos and probe with the tables, in no order at all).
+        con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
         try:
-            reader = con.sql(_candidates_sql(config, ctx, paths["photos"])).to_arrow_reader(batch_rows)
-            for batch in duck.in_row_order(reader, "seq", batch_rows):
-                yield duck_rules.with_taxon_columns(batch, per_taxon)
+            with photos.errors_raised():
+                reader = con.sql(_candidates_sql(config, ctx, paths["photos"])).to_arrow_reader(batch_rows)
+                for batch in duck.in_row_order(reader, "seq", batch_rows):
+                    yield duck_rules.with_taxon_columns(batch, per_taxon)
         except duckdb.OutOfMemoryException as exc:
             limit = (ctx.duckdb or DuckDBConfig()).memory_limit
             raise SourceError(
@@ -399,21 +404,24 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
     )
     return f"""
     WITH joined AS (
-        SELECT p.rowid AS seq, p.data_row, p.line, p.problem, coalesce(p.photo_id, '') AS photo_id,
+        SELECT p.seq, p.data_row, p.line, p.problem, coalesce(p.photo_id, '') AS photo_id,
                coalesce(p.extension, '') AS extension, coalesce(p.observation_uuid, '') AS observation_uuid,
                p.observer_id, p.license AS raw_license,
                u.observer_id AS observer_found, u.rights_holder, u.who,
                o.observation_uuid AS observation_found, o.taxon_id, o.quality_grade,
                t.taxon_id AS taxon_found, t.tix, t.rank_lower, t.taxonomy.kingdom AS kingdom, t.caption,
                t.caption_error,
-               l.code AS license_code, l.url AS license_url, l.prefix, l.suffix, l.error AS license_error
+               py_license(coalesce(p.license, '')) AS l
         FROM photos p
         LEFT JOIN holders u ON u.observer_id = coalesce(p.observer_id, '')
         LEFT JOIN observations o ON o.observation_uuid = coalesce(p.observation_uuid, '')
         LEFT JOIN taxon_columns t ON t.taxon_id = o.taxon_id
-        LEFT JOIN licenses l ON l.raw = coalesce(p.license, '')
+    ), licensed AS (
+        SELECT * EXCLUDE (l), l.code AS license_code, l.url AS license_url, l.prefix, l.suffix,
+               l.error AS license_error
+        FROM joined
     ), urls AS (
-        SELECT *, CASE WHEN photo_id <> '' AND extension <> '' THEN {url} END AS url_raw FROM joined
+        SELECT *, CASE WHEN photo_id <> '' AND extension <> '' THEN {url} END AS url_raw FROM licensed
     ), {rules.checked_url_ctes("urls", "url_raw", ctx.allowed_schemes, "checked")}, decided AS (
         SELECT *, CASE {" ".join(rules_sql)} END AS error FROM checked
     )
