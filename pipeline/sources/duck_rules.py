@@ -1,10 +1,11 @@
 """The rules of :func:`pipeline.sources.base.build_row` as SQL, for adapters that join their export in DuckDB.
 
 Row for row the same values and error texts as ``build_row`` (a test holds the two together on hostile inputs),
-without a Python object per row: Python runs once per *distinct* license and per distinct caption input (a few
-hundred thousand taxa at most), and, through UDFs that DuckDB calls only on the rows that need them, for the rare
-value SQL cannot treat the same way (a URL that needs percent-encoding, a ``repr`` with quotes, non-ASCII
-whitespace). Everything here is an SQL expression or a small temp table; the adapter composes its query from them.
+without a Python object per row: Python runs once per *distinct* license, and, through UDFs that DuckDB calls
+only on the rows that need them, for the rare value SQL cannot treat the same way (a URL that needs
+percent-encoding, a ``repr`` with quotes, non-ASCII whitespace). Captions are made in SQL too, once per taxon
+(``captions.build_caption_variants`` and ``choose_caption``; tests hold them to the Python on hostile names).
+Everything here is an SQL expression or a small temp table; the adapter composes its query from them.
 """
 
 from __future__ import annotations
@@ -199,38 +200,25 @@ def attribution_who_sql(holder_expr: str) -> str:
     return f"coalesce(nullif({strip_sql(holder_expr)}, ''), 'unknown author')"
 
 
-def create_caption_table(
-    con: duckdb.DuckDBPyConnection, table: str, inputs_sql: str, caption_style: str, batch_rows: int = 8_192
-) -> None:
-    """``table(k, caption_variants, caption, caption_kind, caption_error)``, one row per row of ``inputs_sql``.
+# The variants ``captions.build_caption_variants`` makes, in its order (a caption_variants map keeps it).
+VARIANT_KINDS = ("dalip", "bioclip_scientific", "bioclip_scientific_common", "bioclip_taxonomic",
+                 "bioclip_taxonomic_common", "original")  # fmt: skip
 
-    ``inputs_sql`` yields distinct ``k, scientific_name, common_name, taxonomy, original_text``; the caption is
-    made once per such row, in Arrow batches (there are as many as taxa, not as rows).
-    """
-    out_schema = pa.schema(
-        [
-            ("k", pa.string()),
-            ("caption_variants", pa.map_(pa.string(), pa.string())),
-            ("caption", pa.string()),
-            ("caption_kind", pa.string()),
-            ("caption_error", pa.string()),
-        ]
-    )
+
+def create_caption_table(con: duckdb.DuckDBPyConnection, table: str, inputs_sql: str, caption_style: str) -> None:
+    """``table(k, caption_variants, caption, caption_kind, caption_error)``, one row per row of ``inputs_sql``
+    (``k, scientific_name, common_name, taxonomy, original_text``), as :func:`caption_for` makes them."""
+    order = captions.FALLBACKS[_checked_style(caption_style)]
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {table} (k VARCHAR, caption_variants MAP(VARCHAR, VARCHAR), "
-        "caption VARCHAR, caption_kind VARCHAR, caption_error VARCHAR)"
+        f"""
+        CREATE OR REPLACE TEMP TABLE {table} AS
+        SELECT k, {_variant_map_sql(VARIANT_KINDS)} AS caption_variants,
+               {_first_sql(order, "v_")} AS caption, {_first_kind_sql(order, "v_")} AS caption_kind,
+               CASE WHEN {_first_sql(order, "v_")} IS NULL THEN {literal(no_caption_error(caption_style))} END
+                   AS caption_error
+        FROM ({_variants_sql(inputs_sql, "original_text")})
+        """
     )
-    inputs = con.sql(inputs_sql).to_arrow_table()  # columnar (a taxon is ~100 bytes), drained before the inserts
-    for batch in inputs.to_batches(batch_rows):
-        columns: dict[str, list] = {name: [] for name in out_schema.names}
-        for row in batch.to_pylist():
-            variants, caption, kind, error = caption_for(row, caption_style)
-            for name, value in zip(columns, (row["k"], variants, caption, kind, error), strict=True):
-                columns[name].append(value)
-        chunk = pa.table(columns, schema=out_schema)
-        con.register("_caption_chunk", chunk)
-        con.execute(f"INSERT INTO {table} SELECT * FROM _caption_chunk")
-        con.unregister("_caption_chunk")
 
 
 def caption_for(
@@ -254,35 +242,80 @@ def create_fallback_caption_table(
     taxonomy`` of ``inputs_sql``, the taxon's variants (``taxon_variants``) and the style's choices among them
     before and after the ``original`` kind in its fallback order (``before_*``, ``after_*``): see
     :func:`caption_choice_sql`."""
-    order = captions.FALLBACKS[caption_style]
+    order = captions.FALLBACKS[_checked_style(caption_style)]
     cut = order.index("original") if "original" in order else len(order)
+    before, after = order[:cut], order[cut + 1 :]
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {table} (scientific_name VARCHAR, common_name VARCHAR, "
-        f"taxonomy {_TAXONOMY_SQL}, taxon_variants MAP(VARCHAR, VARCHAR), before_caption VARCHAR, "
-        "before_kind VARCHAR, after_caption VARCHAR, after_kind VARCHAR)"
+        f"""
+        CREATE OR REPLACE TEMP TABLE {table} AS
+        SELECT scientific_name, common_name, taxonomy, {_variant_map_sql(VARIANT_KINDS[:-1])} AS taxon_variants,
+               {_first_sql(before, "v_")} AS before_caption, {_first_kind_sql(before, "v_")} AS before_kind,
+               {_first_sql(after, "v_")} AS after_caption, {_first_kind_sql(after, "v_")} AS after_kind
+        FROM ({_variants_sql(inputs_sql, "NULL::VARCHAR")})
+        """
     )
-    inputs = con.sql(inputs_sql).to_arrow_table()
-    out_schema = pa.schema(
-        [("scientific_name", pa.string()), ("common_name", pa.string()),
-         ("taxonomy", inputs.schema.field("taxonomy").type),
-         ("taxon_variants", pa.map_(pa.string(), pa.string())), *((n, pa.string()) for n in
-         ("before_caption", "before_kind", "after_caption", "after_kind"))]
-    )  # fmt: skip
-    for batch in inputs.to_batches(65_536):
-        columns: dict[str, list] = {name: [] for name in out_schema.names}
-        for row in batch.to_pylist():
-            variants = captions.build_caption_variants(
-                row["scientific_name"], row["common_name"], row["taxonomy"], None
+
+
+def _checked_style(caption_style: str) -> str:
+    no_caption_error(caption_style)  # an unknown style raises ValueError, as choose_caption does
+    return caption_style
+
+
+def _variants_sql(inputs_sql: str, original_sql: str) -> str:
+    """The rows of ``inputs_sql`` with a column ``v_<kind>`` per caption variant (NULL when it cannot be made), as
+    :func:`captions.build_caption_variants` makes them; names cleaned as ``captions._clean`` cleans them."""
+
+    def clean(expr: str) -> str:
+        return f"coalesce({clean_sql(expr)}, '')"
+
+    ranks = {rank: clean(f'i.taxonomy."{rank}"') for rank in TAXONOMY_RANKS}
+    higher = ", ".join(f"r_{rank}" for rank in TAXONOMY_RANKS[:-1])
+    return f"""
+        SELECT *,
+               CASE WHEN sci <> '' THEN sci || CASE WHEN com <> '' THEN ', commonly known as ' || com ELSE '' END
+                   || '.' END AS v_dalip,
+               CASE WHEN sci <> '' THEN 'a photo of ' || sci || '.' END AS v_bioclip_scientific,
+               CASE WHEN sci <> '' AND com <> '' THEN 'a photo of ' || sci || ' with common name ' || com || '.' END
+                   AS v_bioclip_scientific_common,
+               CASE WHEN taxonomic <> '' THEN 'a photo of ' || taxonomic || '.' END AS v_bioclip_taxonomic,
+               CASE WHEN taxonomic <> '' AND com <> '' THEN 'a photo of ' || taxonomic || ' with common name ' || com
+                   || '.' END AS v_bioclip_taxonomic_common,
+               nullif(orig, '') AS v_original
+        FROM (
+            SELECT *, array_to_string(list_concat(list_filter([{higher}], lambda x: x <> ''),
+                          CASE WHEN species = '' THEN []::VARCHAR[]
+                               WHEN r_genus <> '' AND split_part(species, ' ', 1) = r_genus
+                               THEN string_split(species, ' ')[2:] ELSE string_split(species, ' ') END), ' ')
+                          AS taxonomic  -- kingdom..genus, then the species epithet (the binomial without its genus)
+            FROM (
+                SELECT *, CASE WHEN r_species <> '' THEN r_species WHEN contains(sci, ' ') THEN sci ELSE '' END
+                              AS species
+                FROM (
+                    SELECT i.*, {clean("i.scientific_name")} AS sci, {clean("i.common_name")} AS com,
+                           {clean(original_sql)} AS orig,
+                           {", ".join(f"{sql} AS r_{rank}" for rank, sql in ranks.items())}
+                    FROM ({inputs_sql}) i
+                )
             )
-            before = next(((variants[k], k) for k in order[:cut] if variants.get(k)), (None, None))
-            after = next(((variants[k], k) for k in order[cut + 1 :] if variants.get(k)), (None, None))
-            values = (row["scientific_name"], row["common_name"], row["taxonomy"], list(variants.items()) or None,
-                      *before, *after)  # fmt: skip
-            for name, value in zip(columns, values, strict=True):
-                columns[name].append(value)
-        con.register("_caption_chunk", pa.table(columns, schema=out_schema))
-        con.execute(f"INSERT INTO {table} SELECT * FROM _caption_chunk")
-        con.unregister("_caption_chunk")
+        )
+    """
+
+
+def _variant_map_sql(kinds: Sequence[str]) -> str:
+    """The variants that were made, as a map in ``kinds`` order; NULL when none was."""
+    entries = ", ".join(f"{{'key': '{kind}', 'value': v_{kind}}}" for kind in kinds)
+    made = f"list_filter([{entries}], lambda e: e.value IS NOT NULL)"
+    return f"CASE WHEN len({made}) > 0 THEN map_from_entries({made}) END"
+
+
+def _first_sql(kinds: Sequence[str], prefix: str) -> str:
+    return f"coalesce({', '.join(prefix + kind for kind in kinds)})" if kinds else "NULL::VARCHAR"
+
+
+def _first_kind_sql(kinds: Sequence[str], prefix: str) -> str:
+    if not kinds:
+        return "NULL::VARCHAR"
+    return "CASE " + " ".join(f"WHEN {prefix}{kind} IS NOT NULL THEN '{kind}'" for kind in kinds) + " END"
 
 
 def caption_choice_sql(alias: str, original_expr: str) -> dict[str, str]:

@@ -1,6 +1,18 @@
+import random
+
+import duckdb
+import pyarrow as pa
 import pytest
 
-from pipeline.sources.captions import CAPTION_STYLES, NoCaption, build_caption_variants, choose_caption
+from pipeline.core.schema import TAXONOMY_RANKS
+from pipeline.sources import duck_rules
+from pipeline.sources.captions import (
+    CAPTION_STYLES,
+    FALLBACKS,
+    NoCaption,
+    build_caption_variants,
+    choose_caption,
+)
 
 IRIS = {
     "kingdom": "Plantae",
@@ -61,3 +73,47 @@ def test_no_caption_and_unknown_style():
         choose_caption({}, "dalip")
     with pytest.raises(ValueError, match="unknown caption style"):
         choose_caption({"original": "x"}, "fancy")
+
+
+NAMES = ["Iris tectorum", "Iris", " Iris  tectorum ", "Iris\u3000tectorum", "Iris\ttectorum", "Apis mellifera",
+         "Zoë\u00a0x", "\x1cIris\x1ftectorum", "", None, "  ", "a'b \"c\"", "Iris tectorum alba",
+         "ſpecies x"]  # fmt: skip
+RANK_NAMES = ["Plantae", "Iris", " Iris ", "Iris\u3000", "", None, "Apis", "Tracheophyta", "Iridaceae", "x\u2003y"]
+
+
+def random_taxon(rng) -> dict:
+    taxonomy = None
+    if rng.random() < 0.8:
+        taxonomy = {rank: rng.choice(RANK_NAMES) for rank in TAXONOMY_RANKS}
+        taxonomy["species"] = rng.choice(NAMES)
+    return {
+        "scientific_name": rng.choice(NAMES),
+        "common_name": rng.choice(NAMES + ["Wall iris", " Western  honey bee "]),
+        "taxonomy": taxonomy,
+        "original_text": rng.choice([None, "", "  A  photo\u00a0of irises ", "alt"]),
+    }
+
+
+@pytest.mark.parametrize("style", CAPTION_STYLES)
+def test_captions_made_in_sql_equal_pythons(style):
+    # The crawl's SQL adapters make their captions in DuckDB, per taxon; they must be build_row's, value for value.
+    rng = random.Random(len(style))
+    rows = [random_taxon(rng) for _ in range(600)]
+    con = duckdb.connect()
+    duck_rules.register_udfs(con, ("http", "https"))
+    con.register("inputs", pa.Table.from_pylist([{"k": str(i), **row} for i, row in enumerate(rows)]))
+    duck_rules.create_caption_table(con, "captions", "SELECT * FROM inputs", style)
+    made = con.sql("SELECT caption_variants, caption, caption_kind, caption_error FROM captions ORDER BY k::INT")
+    for row, (variants, caption, kind, error) in zip(rows, made.fetchall(), strict=True):
+        expected = duck_rules.caption_for(row, style)
+        assert (list(variants.items()) if variants else None, caption, kind, error) == expected, row
+    duck_rules.create_fallback_caption_table(con, "fallback", "SELECT * FROM inputs", style)
+    taxon_rows = con.sql("SELECT * FROM fallback").fetchall()
+    assert len(taxon_rows) == len(rows)
+    for scientific, common, taxonomy, variants, before, _, after, _ in taxon_rows:
+        made = build_caption_variants(scientific, common, taxonomy, None)
+        assert (list(variants.items()) if variants else None) == (list(made.items()) or None)
+        order = FALLBACKS[style]
+        cut = order.index("original") if "original" in order else len(order)
+        assert before == next((made[k] for k in order[:cut] if made.get(k)), None)
+        assert after == next((made[k] for k in order[cut + 1 :] if made.get(k)), None)
