@@ -73,6 +73,8 @@ OBSERVATION_COLUMNS = ("observation_uuid", "observer_id", "taxon_id", "quality_g
 OBSERVATION_READ = ("observation_uuid", "taxon_id", "quality_grade")
 TAXA_COLUMNS = ("taxon_id", "ancestry", "rank_level", "rank", "name", "active")
 OBSERVER_COLUMNS = ("observer_id", "login", "name")
+# photos.license as the export documents it ("": all rights reserved)
+LICENSES = ("CC0", "CC-BY", "CC-BY-NC", "CC-BY-SA", "CC-BY-ND", "CC-BY-NC-SA", "CC-BY-NC-ND", "")
 
 
 @dataclass
@@ -203,6 +205,8 @@ def read_batches(
             ctx.caption_style,
         )
         observations_loaded.result()
+        # The export's documented license codes are normalised up front; any other value, by a UDF on its rows.
+        duck_rules.create_license_table(con, "licenses", f"SELECT unnest({duck_rules.list_sql(LICENSES)})")
         duck_rules.register_license_function(con)
         per_taxon = _create_taxon_columns(con)
         # The photos, streamed, are each join's probe side, so rows come out in about their order (DuckDB, not
@@ -411,14 +415,17 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
                o.observation_uuid AS observation_found, o.taxon_id, o.quality_grade,
                t.taxon_id AS taxon_found, t.tix, t.rank_lower, t.taxonomy.kingdom AS kingdom, t.caption,
                t.caption_error,
-               py_license(coalesce(p.license, '')) AS l
+               CASE WHEN l.raw IS NULL THEN py_license(coalesce(p.license, ''))
+                    ELSE {{'code': l.code, 'url': l.url, 'prefix': l.prefix, 'suffix': l.suffix, 'error': l.error}}
+               END AS license
         FROM photos p
         LEFT JOIN holders u ON u.observer_id = coalesce(p.observer_id, '')
         LEFT JOIN observations o ON o.observation_uuid = coalesce(p.observation_uuid, '')
         LEFT JOIN taxon_columns t ON t.taxon_id = o.taxon_id
+        LEFT JOIN licenses l ON l.raw = coalesce(p.license, '')
     ), licensed AS (
-        SELECT * EXCLUDE (l), l.code AS license_code, l.url AS license_url, l.prefix, l.suffix,
-               l.error AS license_error
+        SELECT * EXCLUDE (license), license.code AS license_code, license.url AS license_url, license.prefix,
+               license.suffix, license.error AS license_error
         FROM joined
     ), urls AS (
         SELECT *, CASE WHEN photo_id <> '' AND extension <> '' THEN {url} END AS url_raw FROM licensed
