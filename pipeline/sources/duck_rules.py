@@ -23,6 +23,7 @@ from pipeline.sources import captions, licenses
 from pipeline.sources.base import check_url
 
 _ASCII_PRINTABLE = "'[ -~]*'"
+_ASCII_CLEAN = "'(?:[!-~]+(?: [!-~]+)*)?'"  # printable ASCII words, one space apart: clean already
 _TAXONOMY_SQL = "STRUCT(" + ", ".join(f'"{rank}" VARCHAR' for rank in TAXONOMY_RANKS) + ")"
 _REPR_PLAIN = r"'[ -&(-\[\]-~]*'"  # printable ASCII without ' and \: repr() just adds single quotes
 _VARCHAR = duckdb.sqltype("VARCHAR")
@@ -72,7 +73,8 @@ def strip_sql(expr: str) -> str:
 
 def clean_sql(expr: str) -> str:
     """``" ".join(value.split())`` (whitespace runs collapsed, ends stripped) of a non-NULL ``expr``."""
-    return _ascii_or_python(expr, f"regexp_replace(trim({expr}), ' +', ' ', 'g')", "py_clean")
+    collapsed = _ascii_or_python(expr, f"regexp_replace(trim({expr}), ' +', ' ', 'g')", "py_clean")
+    return f"CASE WHEN regexp_full_match({expr}, {_ASCII_CLEAN}) THEN {expr} ELSE {collapsed} END"
 
 
 def lower_sql(expr: str) -> str:
@@ -203,22 +205,22 @@ def attribution_who_sql(holder_expr: str) -> str:
 # The variants ``captions.build_caption_variants`` makes, in its order (a caption_variants map keeps it).
 VARIANT_KINDS = ("dalip", "bioclip_scientific", "bioclip_scientific_common", "bioclip_taxonomic",
                  "bioclip_taxonomic_common", "original")  # fmt: skip
+# The columns _variants_sql adds to its input's.
+_VARIANT_HELPERS = ("sci", "com", "orig", *(f"r_{rank}" for rank in TAXONOMY_RANKS), "species", "taxonomic",
+                    *(f"v_{kind}" for kind in VARIANT_KINDS))  # fmt: skip
 
 
-def create_caption_table(con: duckdb.DuckDBPyConnection, table: str, inputs_sql: str, caption_style: str) -> None:
-    """``table(k, caption_variants, caption, caption_kind, caption_error)``, one row per row of ``inputs_sql``
-    (``k, scientific_name, common_name, taxonomy, original_text``), as :func:`caption_for` makes them."""
+def caption_select(inputs_sql: str, caption_style: str) -> str:
+    """SQL: the rows of ``inputs_sql`` (with ``scientific_name, common_name, taxonomy, original_text``) and their
+    ``caption_variants, caption, caption_kind, caption_error``, as :func:`caption_for` makes them."""
     order = captions.FALLBACKS[_checked_style(caption_style)]
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE {table} AS
-        SELECT k, {_variant_map_sql(VARIANT_KINDS)} AS caption_variants,
+    return f"""
+        SELECT * EXCLUDE ({", ".join(_VARIANT_HELPERS)}), {_variant_map_sql(VARIANT_KINDS)} AS caption_variants,
                {_first_sql(order, "v_")} AS caption, {_first_kind_sql(order, "v_")} AS caption_kind,
                CASE WHEN {_first_sql(order, "v_")} IS NULL THEN {literal(no_caption_error(caption_style))} END
                    AS caption_error
         FROM ({_variants_sql(inputs_sql, "original_text")})
-        """
-    )
+    """
 
 
 def caption_for(

@@ -195,20 +195,13 @@ def read_batches(
         con.register("common_names", _common_table(common))
         duck_rules.register_udfs(con, ctx.allowed_schemes)
         _create_holders_table(con)
-        if partition:  # a share of the export names a share of the taxa: caption only those
-            observations_loaded.result()
-        _create_taxon_table(con, used_only=partition is not None)
-        duck_rules.create_caption_table(
-            con,
-            "captions",
-            "SELECT taxon_id AS k, name AS scientific_name, common_name, taxonomy, NULL AS original_text FROM taxon",
-            ctx.caption_style,
-        )
-        observations_loaded.result()
         # The export's documented license codes are normalised up front; any other value, by a UDF on its rows.
         duck_rules.create_license_table(con, "licenses", f"SELECT unnest({duck_rules.list_sql(LICENSES)})")
         duck_rules.register_license_function(con)
-        per_taxon = _create_taxon_columns(con)
+        if partition:  # a share of the export names a share of the taxa: caption only those
+            observations_loaded.result()
+        per_taxon = _create_taxon_columns(con, ctx.caption_style, used_only=partition is not None)
+        observations_loaded.result()
         # The photos, streamed, are each join's probe side, so rows come out in about their order (DuckDB, not
         # knowing a stream's size, would otherwise hash the photos and probe with the tables, in no order at all).
         con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
@@ -268,9 +261,33 @@ def _create_holders_table(con) -> None:
     )
 
 
-def _create_taxon_table(con, used_only: bool) -> None:
-    """``taxon(taxon_id, name, rank, taxonomy, common_name)`` for every taxon, or (``used_only``) for the taxa
-    observations name (then ``observations`` must be loaded: the whole export's taxa are made while it is read).
+# Candidate columns that depend on the taxon only: made once per taxon, attached to each photo batch by Arrow
+# ``take`` on the taxon's index, so that the query carries and converts narrow photo rows only.
+TAXON_LEVEL = ("scientific_name", "common_name", "taxon_rank", "taxonomy", "caption", "caption_kind",
+               "caption_variants")  # fmt: skip
+
+
+def _create_taxon_columns(con, caption_style: str, used_only: bool) -> pa.Table:
+    """``taxon_columns``: every taxon, or (``used_only``) the taxa observations name, with its index ``tix``,
+    names, rank, taxonomy and caption, in one statement; returns the ``TAXON_LEVEL`` columns in ``tix`` order (one
+    row per taxon, not per photo). ``used_only`` needs ``observations`` loaded.
+    """
+    taxa = f"SELECT *, name AS scientific_name, NULL::VARCHAR AS original_text FROM ({_taxon_sql(used_only)})"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE taxon_columns AS
+        SELECT (row_number() OVER (ORDER BY taxon_id) - 1)::INTEGER AS tix, taxon_id, scientific_name, common_name,
+               rank AS taxon_rank, {duck_rules.lower_sql("rank")} AS rank_lower, taxonomy, caption, caption_kind,
+               caption_variants, caption_error
+        FROM ({duck_rules.caption_select(taxa, caption_style)})
+        """
+    )
+    table = con.sql(f"SELECT {', '.join(TAXON_LEVEL)} FROM taxon_columns ORDER BY tix").to_arrow_table()
+    return table.combine_chunks()
+
+
+def _taxon_sql(used_only: bool) -> str:
+    """``taxon_id, name, rank, taxonomy, common_name`` per taxon (``used_only``: per taxon observations name).
 
     The taxonomy of a taxon walks its ``ancestry`` (root first) and itself: each node with a rank of
     ``TAXONOMY_RANKS`` and a name sets that rank, the deepest node last.
@@ -279,9 +296,7 @@ def _create_taxon_table(con, used_only: bool) -> None:
     used = "SELECT * FROM taxa"
     if used_only:
         used += " SEMI JOIN (SELECT DISTINCT taxon_id FROM observations) o USING (taxon_id)"
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE taxon AS
+    return f"""
         WITH used AS ({used}), chains AS (
             SELECT taxon_id,
                    list_append(list_filter(string_split(coalesce(ancestry, ''), '/'), lambda x: x <> ''), taxon_id)
@@ -300,30 +315,7 @@ def _create_taxon_table(con, used_only: bool) -> None:
                any_value(c.common_name) AS common_name
         FROM used u LEFT JOIN named USING (taxon_id) LEFT JOIN common_names c USING (taxon_id)
         GROUP BY u.taxon_id
-        """
-    )
-
-
-# Candidate columns that depend on the taxon only: made once per taxon, attached to each photo batch by Arrow
-# ``take`` on the taxon's index, so that the query carries and converts narrow photo rows only.
-TAXON_LEVEL = ("scientific_name", "common_name", "taxon_rank", "taxonomy", "caption", "caption_kind",
-               "caption_variants")  # fmt: skip
-
-
-def _create_taxon_columns(con) -> pa.Table:
-    """``taxon_columns``: every used taxon with its index ``tix``, names, rank, taxonomy and caption; returns the
-    ``TAXON_LEVEL`` columns in ``tix`` order (one row per taxon, not per photo)."""
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE taxon_columns AS
-        SELECT (row_number() OVER (ORDER BY t.taxon_id) - 1)::INTEGER AS tix, t.taxon_id, t.name AS scientific_name,
-               t.common_name, t.rank AS taxon_rank, {duck_rules.lower_sql("t.rank")} AS rank_lower, t.taxonomy,
-               c.caption, c.caption_kind, c.caption_variants, c.caption_error
-        FROM taxon t LEFT JOIN captions c ON c.k = t.taxon_id
-        """
-    )
-    table = con.sql(f"SELECT {', '.join(TAXON_LEVEL)} FROM taxon_columns ORDER BY tix").to_arrow_table()
-    return table.combine_chunks()
+    """
 
 
 def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:

@@ -102,8 +102,10 @@ def test_captions_made_in_sql_equal_pythons(style):
     con = duckdb.connect()
     duck_rules.register_udfs(con, ("http", "https"))
     con.register("inputs", pa.Table.from_pylist([{"k": str(i), **row} for i, row in enumerate(rows)]))
-    duck_rules.create_caption_table(con, "captions", "SELECT * FROM inputs", style)
-    made = con.sql("SELECT caption_variants, caption, caption_kind, caption_error FROM captions ORDER BY k::INT")
+    made = con.sql(
+        f"SELECT caption_variants, caption, caption_kind, caption_error "
+        f"FROM ({duck_rules.caption_select('SELECT * FROM inputs', style)}) ORDER BY k::INT"
+    )
     for row, (variants, caption, kind, error) in zip(rows, made.fetchall(), strict=True):
         expected = duck_rules.caption_for(row, style)
         assert (list(variants.items()) if variants else None, caption, kind, error) == expected, row
