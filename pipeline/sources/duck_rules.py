@@ -11,6 +11,7 @@ Everything here is an SQL expression or a small temp table; the adapter composes
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 
 import duckdb
@@ -107,11 +108,25 @@ def plain_url_sql(expr: str, schemes: Sequence[str]) -> str:
     """True where ``expr`` is a plain URL, its own URI as :func:`check_url` gives it: an allowed http(s) scheme in
     lower case, an ASCII lower-case host, no port with a leading zero, path and query of characters
     :func:`to_uri` keeps, no ``%``, fragment or whitespace."""
+    pattern = _plain_url_pattern(schemes)
+    return f"regexp_full_match({expr}, {literal(pattern)})" if pattern else "false"
+
+
+def plain_url_parts_sql(prefix: str, parts_sql: Sequence[str], schemes: Sequence[str]) -> str:
+    """True only where the URL ``prefix || <parts>`` is plain (:func:`plain_url_sql`), cheaper than matching the
+    whole URL: ``prefix`` is matched here, once, and the parts need only be path characters. False is no verdict
+    (a part with ``?``, say, may still make a plain URL): match the whole URL then."""
+    pattern = _plain_url_pattern(schemes)
+    if not pattern or not re.fullmatch(pattern, prefix + "x") or "?" in prefix:
+        return "false"
+    return f"regexp_full_match({' || '.join(parts_sql)}, {literal(f'[{_PCHAR}]*')})"
+
+
+def _plain_url_pattern(schemes: Sequence[str]) -> str | None:
     plain = sorted(s for s in schemes if s in ("http", "https"))
     if not plain:
-        return "false"
-    pattern = f"(?:{'|'.join(plain)})://[a-z0-9.-]+(?::[1-9][0-9]{{0,3}})?/[{_PCHAR}]*(?:\\?[{_PCHAR}?]*)?"
-    return f"regexp_full_match({expr}, {literal(pattern)})"
+        return None
+    return f"(?:{'|'.join(plain)})://[a-z0-9.-]+(?::[1-9][0-9]{{0,3}})?/[{_PCHAR}]*(?:\\?[{_PCHAR}?]*)?"
 
 
 def url_check_sql(expr: str, schemes: Sequence[str]) -> str:
@@ -123,13 +138,15 @@ def url_check_sql(expr: str, schemes: Sequence[str]) -> str:
     )
 
 
-def checked_url_ctes(source: str, raw: str, schemes: Sequence[str], name: str) -> str:
+def checked_url_ctes(source: str, raw: str, schemes: Sequence[str], name: str, plain_hint: str = "false") -> str:
     """CTEs ending in ``name``: the rows of ``source`` with ``url_stripped`` (the URL ``raw`` stripped, NULL when
     empty) and ``checked`` (:func:`url_check_sql` of it). A plain raw URL (:func:`plain_url_sql`, matched once into
-    ``url_plain``), nearly every one, is its own stripped URL and URI: no second pattern match."""
+    ``url_plain``), nearly every one, is its own stripped URL and URI: no second pattern match. ``plain_hint``
+    (:func:`plain_url_parts_sql`), where true, says so without matching the whole URL."""
     plain_uri = "{'url': url_stripped, 'error': NULL::VARCHAR}"
     return f"""{name}_plain AS (
-        SELECT *, {plain_url_sql(raw, schemes)} AS url_plain FROM {source}
+        SELECT *, CASE WHEN {plain_hint} THEN true ELSE {plain_url_sql(raw, schemes)} END AS url_plain
+        FROM {source}
     ), {name}_stripped AS (
         SELECT *, CASE WHEN url_plain THEN {raw} ELSE nullif({strip_sql(raw)}, '') END AS url_stripped
         FROM {name}_plain

@@ -338,6 +338,13 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
     def rule(condition: str, field: str, message: str) -> str:
         return f"WHEN {condition} THEN {error(field, message)}"
 
+    plain_hint = "false"  # a URL not rewritten is plain if its prefix is and its photo id and extension are pchars
+    if not config.url_rewrite:
+        parts = rules.plain_url_parts_sql(
+            config.base_url + "/photos/", ["photo_id", literal(f"/{config.size}."), "extension"], ctx.allowed_schemes
+        )
+        plain_hint = f"(url_raw IS NOT NULL AND {parts})"
+
     empty = literal("empty; cannot build the image URL")
     rules_sql = [
         rule("problem IS NOT NULL", "(row)", "'line ' || line || ': ' || problem"),
@@ -421,7 +428,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
         FROM joined
     ), urls AS (
         SELECT *, CASE WHEN photo_id <> '' AND extension <> '' THEN {url} END AS url_raw FROM licensed
-    ), {rules.checked_url_ctes("urls", "url_raw", ctx.allowed_schemes, "checked")}, decided AS (
+    ), {rules.checked_url_ctes("urls", "url_raw", ctx.allowed_schemes, "checked", plain_hint)}, decided AS (
         SELECT *, CASE {" ".join(rules_sql)} END AS error FROM checked
     )
     SELECT {rules.sample_id_sql(config.name, record)} AS sample_id,

@@ -144,3 +144,26 @@ def test_hash_partitions_hold_every_row_once_with_the_whole_crawls_values(tmp_pa
 def test_partitions_must_be_a_positive_count(tmp_path, partitions):
     with pytest.raises(ConfigError, match="partitions must be a positive number"):
         inaturalist.Config.from_dict({"directory": str(tmp_path), "partitions": partitions})
+
+
+def test_the_plain_url_hint_never_calls_a_url_plain_that_is_not():
+    """The cheap test on a URL's parts (its prefix matched once in Python) is sound: where it says plain, the
+    whole URL matches plain_url_sql; where it says nothing, the whole URL is matched as before."""
+    import duckdb
+    import pyarrow as pa
+
+    from pipeline.sources import duck_rules
+
+    con = duckdb.connect()
+    parts = ["1", "", "a b", "%", "?", "#", "é", "/", "x.y", "~", "A", "\t"] + [chr(c) for c in range(33, 127)]
+    prefixes = ["https://h.org/photos/", "http://Mirror.Example:8080/photos/", "https://h:080/p/", "ftp://h/p/",
+                "https://h/p?q=", "https://h/photos/", "https://h"]  # fmt: skip
+    for prefix in prefixes:
+        hint = duck_rules.plain_url_parts_sql(prefix, ["a", "'/medium.'", "b"], ("http", "https"))
+        rows = [{"a": a, "b": b} for a in parts for b in ("jpg", "j?g", "p g", "")]
+        con.register("t", pa.Table.from_pylist(rows))
+        url = f"{duck_rules.literal(prefix)} || a || '/medium.' || b"
+        got = con.sql(f"SELECT {hint}, {duck_rules.plain_url_sql(url, ('http', 'https'))} FROM t").fetchall()
+        assert all(whole for said, whole in got if said), prefix
+        if prefix == "https://h.org/photos/":
+            assert sum(said for said, _ in got) > 100  # and it does say so for the plain ones
