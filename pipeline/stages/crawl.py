@@ -231,13 +231,19 @@ def _spec(build: Build, unit: str) -> SourceSpec:
 
 
 def find_repeats(con, path: Path) -> pa.Table:
-    """``ord`` (0-based row), ``first_file``, ``first_row`` of every row whose sample_id an earlier row has."""
+    """``ord`` (0-based row), ``first_file``, ``first_row`` of every row whose sample_id an earlier row has; only
+    when a first scan of the sample ids finds a repeat at all (usually none does) are the rows looked up."""
+    rows = f"read_parquet({duck.literal(path)}, file_row_number = true)"
+    repeated = f"SELECT sample_id FROM {rows} GROUP BY 1 HAVING count(*) > 1"
+    if not con.sql(f"SELECT EXISTS ({repeated})").fetchall()[0][0]:
+        return pa.table({"ord": pa.array([], pa.int64()), "first_file": pa.array([], pa.string()),
+                         "first_row": pa.array([], pa.int64())})  # fmt: skip
     return con.sql(
         f"""
         WITH r AS (
             SELECT sample_id, file_row_number AS ord, input_file, input_row
-            FROM read_parquet({duck.literal(path)}, file_row_number = true)
-        ), repeated AS (SELECT sample_id FROM r GROUP BY 1 HAVING count(*) > 1)
+            FROM {rows}
+        ), repeated AS ({repeated})
         SELECT ord, first_value(input_file) OVER w AS first_file, first_value(input_row) OVER w AS first_row
         FROM r SEMI JOIN repeated USING (sample_id)
         WINDOW w AS (PARTITION BY sample_id ORDER BY ord)
