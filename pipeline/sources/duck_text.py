@@ -142,16 +142,18 @@ def load_records(
     delimiter: str,
     skip_lines: int,
     where: str | None = None,
+    temporary: bool = True,
 ) -> str | None:
     """Temp table ``table(data_row, line, f)`` of an unquoted, headerless-by-name text file (a Darwin Core
     Archive's): ``f`` the fields of each record after the first ``skip_lines`` lines, blank lines skipped, as
     ``textfiles.iter_rows`` numbers them; only the records ``where`` (SQL over ``f``) holds for, if given, numbered
-    as in the whole file. Returns DuckDB's complaint when it cannot read the file cleanly (bytes that are not
-    UTF-8): the caller then reads it in Python, which names the line."""
+    as in the whole file (not ``temporary``: a table every cursor of the connection sees). Returns DuckDB's
+    complaint when it cannot read the file cleanly (bytes that are not UTF-8): the caller then reads it in Python,
+    which names the line."""
     try:
         con.execute(
             f"""
-            CREATE OR REPLACE TEMP TABLE {ident(table)} AS
+            CREATE OR REPLACE {"TEMP " if temporary else ""}TABLE {ident(table)} AS
             SELECT * FROM (
             WITH physical AS (
                 SELECT text, row_number() OVER () AS line

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import duckdb
@@ -64,14 +65,18 @@ def read_batches(
     work = tempfile.mkdtemp(prefix="dwca-", dir=duck.spill_directory(ctx.duckdb, create=True))
     con = duck.connect(ctx.duckdb, *([] if archive.zip or archive.tar else [str(archive.path)]))
     try:
-        for table, spec in (("core_rows", core), ("media_rows", media)):
-            share = in_partition_sql(_field_sql(spec.id_index), *partition) if partition else None
-            complaint = duck_text.load_records(
-                con, table, _local_copy(archive, spec.location, work), delimiter=spec.delimiter,
-                skip_lines=spec.skip_lines, where=share,
-            )  # fmt: skip
-            if complaint:
-                log.info("%s: %s; read in Python instead", archive.label(spec.location), complaint)
+        files = {"core_rows": (core, _local_copy(archive, core.location, work)),
+                 "media_rows": (media, _local_copy(archive, media.location, work))}  # fmt: skip
+        # Each file is one ordered, single-threaded scan: the two are read at once, on cursors of their own.
+        with ThreadPoolExecutor(2, thread_name_prefix="dwca-read") as pool:
+            complaints = {
+                table: pool.submit(_load_rows, con, table, path, spec, partition)
+                for table, (spec, path) in files.items()
+            }
+        for table, complaint in complaints.items():
+            if complaint.result():
+                location = files[table][0].location
+                log.info("%s: %s; read in Python instead", archive.label(location), complaint.result())
                 return None
         _create_core(con, archive, core, occurrence_terms)
         _create_media(con, archive, media, media_terms, None if partition is None else work)
@@ -113,6 +118,21 @@ def _batches(
     finally:
         con.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _load_rows(
+    con: duckdb.DuckDBPyConnection, table: str, path: str, spec: FileSpec, partition: tuple[int, int] | None
+) -> str | None:
+    """:func:`duck_text.load_records` of a file (of hash ``partition`` of its id only, if given) into ``table``,
+    seen by every cursor, on a cursor of its own; DuckDB's complaint if it cannot read the file cleanly."""
+    share = in_partition_sql(_field_sql(spec.id_index), *partition) if partition else None
+    cursor = con.cursor()
+    try:
+        return duck_text.load_records(
+            cursor, table, path, delimiter=spec.delimiter, skip_lines=spec.skip_lines, where=share, temporary=False
+        )
+    finally:
+        cursor.close()
 
 
 def _local_copy(archive: Archive, member: str, work: str) -> str:
