@@ -233,8 +233,8 @@ def caption_select(inputs_sql: str, caption_style: str) -> str:
     order = captions.FALLBACKS[_checked_style(caption_style)]
     return f"""
         SELECT * EXCLUDE ({", ".join(_VARIANT_HELPERS)}), {_variant_map_sql(VARIANT_KINDS)} AS caption_variants,
-               {_first_sql(order, "v_")} AS caption, {_first_kind_sql(order, "v_")} AS caption_kind,
-               CASE WHEN {_first_sql(order, "v_")} IS NULL THEN {literal(no_caption_error(caption_style))} END
+               {_first_sql(order)} AS caption, {_first_kind_sql(order)} AS caption_kind,
+               CASE WHEN {_first_sql(order)} IS NULL THEN {literal(no_caption_error(caption_style))} END
                    AS caption_error
         FROM ({_variants_sql(inputs_sql, "original_text")})
     """
@@ -268,8 +268,8 @@ def create_fallback_caption_table(
         f"""
         CREATE OR REPLACE TEMP TABLE {table} AS
         SELECT scientific_name, common_name, taxonomy, {_variant_map_sql(VARIANT_KINDS[:-1])} AS taxon_variants,
-               {_first_sql(before, "v_")} AS before_caption, {_first_kind_sql(before, "v_")} AS before_kind,
-               {_first_sql(after, "v_")} AS after_caption, {_first_kind_sql(after, "v_")} AS after_kind
+               {_first_sql(before)} AS before_caption, {_first_kind_sql(before)} AS before_kind,
+               {_first_sql(after)} AS after_caption, {_first_kind_sql(after)} AS after_kind
         FROM ({_variants_sql(inputs_sql, "NULL::VARCHAR")})
         """
     )
@@ -327,14 +327,16 @@ def _variant_map_sql(kinds: Sequence[str]) -> str:
     return f"CASE WHEN len({made}) > 0 THEN map_from_entries({made}) END"
 
 
-def _first_sql(kinds: Sequence[str], prefix: str) -> str:
-    return f"coalesce({', '.join(prefix + kind for kind in kinds)})" if kinds else "NULL::VARCHAR"
+def _first_sql(kinds: Sequence[str]) -> str:
+    """The first of the variants ``kinds`` that was made (NULL if none was)."""
+    return f"coalesce({', '.join('v_' + kind for kind in kinds)})" if kinds else "NULL::VARCHAR"
 
 
-def _first_kind_sql(kinds: Sequence[str], prefix: str) -> str:
+def _first_kind_sql(kinds: Sequence[str]) -> str:
+    """The kind :func:`_first_sql` chose."""
     if not kinds:
         return "NULL::VARCHAR"
-    return "CASE " + " ".join(f"WHEN {prefix}{kind} IS NOT NULL THEN '{kind}'" for kind in kinds) + " END"
+    return "CASE " + " ".join(f"WHEN v_{kind} IS NOT NULL THEN '{kind}'" for kind in kinds) + " END"
 
 
 def caption_choice_sql(alias: str, original_expr: str) -> dict[str, str]:
