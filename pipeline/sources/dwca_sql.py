@@ -77,6 +77,8 @@ def read_batches(
             if complaint.result():
                 location = files[table][0].location
                 log.info("%s: %s; read in Python instead", archive.label(location), complaint.result())
+                con.close()
+                shutil.rmtree(work, ignore_errors=True)  # the copies of a packed archive's files go too
                 return None
         _create_core(con, archive, core, occurrence_terms)
         _create_media(con, archive, media, media_terms, None if partition is None else work)

@@ -360,3 +360,18 @@ def test_a_partition_without_media_rows_is_no_error_but_an_archive_without_any_i
     first = gbif_dwca.parts(gbif_dwca.Config(str(empty), partitions=2))[0]
     with pytest.raises(SourceError, match=r"header.zip!multimedia.txt: no data rows \(ignoreHeaderLines=1\)"):
         list(read_source_batches("gbif_dwca", {"path": str(empty), "partitions": 2}, ctx, 8, part=first))
+
+
+def test_an_archive_left_to_the_python_path_leaves_no_scratch_copies(tmp_path):
+    # DuckDB cannot read the multimedia file (not UTF-8): the Python path reads it and names the line; the copies
+    # of the packed archive's files made for DuckDB are removed, not left in the spill folder.
+    from pipeline.core.config import DuckDBConfig
+    from pipeline.sources.base import CrawlContext
+
+    spill = tmp_path / "spill"
+    ctx = CrawlContext(caption_style="dalip", duckdb=DuckDBConfig(temp_directory=str(spill)))
+    media = "gbifID\ttype\n1001\tStill\xff".encode("latin-1")
+    options = {"path": str(write_dwca(tmp_path / "dwca.zip", multimedia_txt=media)), "name": "plantnet"}
+    with pytest.raises(SourceError, match=r"dwca.zip!multimedia.txt line 2: bytes not valid UTF-8"):
+        list(read_source_batches("gbif_dwca", options, ctx))
+    assert [p.name for p in spill.iterdir()] == []
