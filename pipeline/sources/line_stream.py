@@ -46,7 +46,7 @@ class LineStream:
         on_bad_file: Callable[[str], None],
         *,
         where: Callable[[pa.RecordBatch], pa.Array] | None = None,
-        batch_rows: int = 16_384,
+        batch_rows: int = 16_384,  # a multiple of DuckDB's vector size (2,048)
         block_bytes: int = 4 << 20,
     ) -> None:
         self.path, self.on_bad_file, self.where = path, on_bad_file, where
@@ -74,6 +74,26 @@ class LineStream:
             raise
 
     def _batches(self) -> Iterator[pa.RecordBatch]:
+        """Batches of exactly ``batch_rows`` rows (the last one excepted), whatever the blocks hold: DuckDB scans
+        each in vectors of 2,048 rows, and a short vector in the middle of the stream is held back by its
+        operators until more rows come or the query ends (at 3M photos, 27 rows waited for the end, and every row
+        after them in ``in_row_order``)."""
+        waiting: list[pa.RecordBatch] = []
+        for batch in self._numbered():
+            waiting.append(batch)
+            rows = sum(b.num_rows for b in waiting)
+            if rows < self.batch_rows:
+                continue
+            joined = pa.concat_batches(waiting)
+            whole = rows - rows % self.batch_rows
+            for start in range(0, whole, self.batch_rows):
+                yield joined.slice(start, self.batch_rows)
+            waiting = [joined.slice(whole)] if whole < rows else []
+        if waiting:
+            yield pa.concat_batches(waiting)
+
+    def _numbered(self) -> Iterator[pa.RecordBatch]:
+        """Each block's records (those ``where`` keeps), numbered."""
         lines = records = kept = 0  # physical lines, records (the header is record 0) and rows handed on so far
         for text in self._lines():
             n = len(text)
@@ -90,8 +110,7 @@ class LineStream:
             seq = pa.array(np.arange(kept, kept + batch.num_rows))
             batch = pa.RecordBatch.from_arrays([seq, *batch.columns], schema=SCHEMA)
             kept += batch.num_rows
-            for start in range(0, batch.num_rows, self.batch_rows):
-                yield batch.slice(start, self.batch_rows)
+            yield batch
 
     def _lines(self) -> Iterator[pa.StringArray]:
         """The file's lines, a block at a time, without their line ends."""

@@ -4,6 +4,7 @@ import gzip
 import random
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from pipeline.sources import duck_rules, duck_text, line_stream
@@ -97,3 +98,26 @@ def test_the_license_function_gives_the_license_tables_values():
     assert len(by_function) == 8 * 700
     assert all(tuple(got.values()) == table[raw] for raw, got in by_function)
     assert table["WTFPL"][4] and table["CC-BY"][0] == "cc-by"
+
+
+def test_batches_are_whole_vectors_so_no_rows_are_held_back(tmp_path):
+    # DuckDB's operators hold a short vector back until more rows come (or the query ends); blocks end anywhere,
+    # so the stream hands on batches of exactly batch_rows (a multiple of 2,048) and only the last is shorter. With
+    # one thread a join's output is then in file order; before, each block's short tail came out late (at 3M
+    # photos, 27 rows at the very end, and every row after them waited in in_row_order).
+    path = tmp_path / "t.tsv"
+    path.write_text("a\tb\n" + "".join(f"{i:06d}\t{i % 7}\n" for i in range(200_000)))
+    con = duckdb.connect()
+    con.execute("SET threads = 1")
+    con.execute("CREATE TABLE small AS SELECT range::VARCHAR AS b, range AS x FROM range(7)")
+    stream = duck_text.stream_table(con, "t", str(path), required=("a",), columns=("a", "b"))
+    stream.block_bytes = 2_075 * 9  # blocks of 2,075 nine-byte lines: a vector and a 27-row tail each
+    sizes = []
+    lines = stream.reader()
+    con.register(
+        "t_lines", pa.RecordBatchReader.from_batches(lines.schema, (sizes.append(b.num_rows) or b for b in lines))
+    )
+    con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+    seq = [row[0] for row in con.sql("SELECT t.seq FROM t LEFT JOIN small USING (b)").fetchall()]
+    assert seq == list(range(200_000))
+    assert set(sizes[:-1]) == {16_384} and sizes[-1] == 200_000 % 16_384
