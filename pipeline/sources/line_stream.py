@@ -78,19 +78,20 @@ class LineStream:
         each in vectors of 2,048 rows, and a short vector in the middle of the stream is held back by its
         operators until more rows come or the query ends (at 3M photos, 27 rows waited for the end, and every row
         after them in ``in_row_order``)."""
-        waiting: list[pa.RecordBatch] = []
+        size = self.batch_rows
+        short: list[pa.RecordBatch] = []  # rows not yet handed on, fewer than a batch
         for batch in self._numbered():
-            waiting.append(batch)
-            rows = sum(b.num_rows for b in waiting)
-            if rows < self.batch_rows:
+            start = size - sum(b.num_rows for b in short)  # this block's rows that complete the short batch
+            if batch.num_rows < start:
+                short.append(batch)
                 continue
-            joined = pa.concat_batches(waiting)
-            whole = rows - rows % self.batch_rows
-            for start in range(0, whole, self.batch_rows):
-                yield joined.slice(start, self.batch_rows)
-            waiting = [joined.slice(whole)] if whole < rows else []
-        if waiting:
-            yield pa.concat_batches(waiting)
+            yield pa.concat_batches([*short, batch.slice(0, start)])
+            while start + size <= batch.num_rows:
+                yield batch.slice(start, size)
+                start += size
+            short = [batch.slice(start)] if start < batch.num_rows else []
+        if sum(b.num_rows for b in short):
+            yield pa.concat_batches(short)
 
     def _numbered(self) -> Iterator[pa.RecordBatch]:
         """Each block's records (those ``where`` keeps), numbered."""
