@@ -251,12 +251,13 @@ def _common_table(common: dict[str, dict]) -> pa.Table:
 
 def _create_holders_table(con) -> None:
     """``holders(observer_id, rights_holder, who)``: each observer's name (else login) and the name its credit
-    line gives, made once per observer rather than per photo."""
+    line gives, made once per observer rather than per photo (``observers`` is dropped)."""
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE holders AS
         SELECT observer_id, rights_holder, {duck_rules.attribution_who_sql("rights_holder")} AS who
-        FROM (SELECT observer_id, CASE WHEN name <> '' THEN name ELSE login END AS rights_holder FROM observers)
+        FROM (SELECT observer_id, CASE WHEN name <> '' THEN name ELSE login END AS rights_holder FROM observers);
+        DROP TABLE observers
         """
     )
 
@@ -268,9 +269,9 @@ TAXON_LEVEL = ("scientific_name", "common_name", "taxon_rank", "taxonomy", "capt
 
 
 def _create_taxon_columns(con, caption_style: str, used_only: bool) -> pa.Table:
-    """``taxon_columns``: every taxon, or (``used_only``) the taxa observations name, with its index ``tix``,
-    names, rank, taxonomy and caption, in one statement; returns the ``TAXON_LEVEL`` columns in ``tix`` order (one
-    row per taxon, not per photo). ``used_only`` needs ``observations`` loaded.
+    """Every taxon, or (``used_only``) the taxa observations name, with its index ``tix``, names, rank, taxonomy
+    and caption, in one statement; returns the ``TAXON_LEVEL`` columns in ``tix`` order (one row per taxon, not per
+    photo) and keeps in ``taxon_rules`` only what the query's rules read (``used_only`` needs ``observations``).
     """
     taxa = f"SELECT *, name AS scientific_name, NULL::VARCHAR AS original_text FROM ({_taxon_sql(used_only)})"
     con.execute(
@@ -283,6 +284,16 @@ def _create_taxon_columns(con, caption_style: str, used_only: bool) -> pa.Table:
         """
     )
     table = con.sql(f"SELECT {', '.join(TAXON_LEVEL)} FROM taxon_columns ORDER BY tix").to_arrow_table()
+    # The wide columns live on in Arrow only; the query joins the narrow rows (and the export's taxa are done with).
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE taxon_rules AS
+        SELECT tix, taxon_id, rank_lower, taxonomy.kingdom AS kingdom, caption IS NOT NULL AS has_caption,
+               caption_error
+        FROM taxon_columns;
+        DROP TABLE taxon_columns; DROP TABLE taxa
+        """
+    )
     return table.combine_chunks()
 
 
@@ -398,7 +409,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
     rules_sql += [
         rule("checked.error IS NOT NULL", "url", "checked.error"),
         rule("license_error IS NOT NULL", "license", "license_error"),
-        rule("caption IS NULL", "caption", f"coalesce(caption_error, {no_caption})"),
+        rule("NOT has_caption", "caption", f"coalesce(caption_error, {no_caption})"),
     ]
     record = (
         "CASE WHEN photo_id <> '' THEN photo_id || ':' || observation_uuid ELSE "
@@ -412,7 +423,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
                p.observer_id, p.license AS raw_license,
                u.observer_id AS observer_found, u.rights_holder, u.who,
                o.observation_uuid AS observation_found, o.taxon_id, o.quality_grade,
-               t.taxon_id AS taxon_found, t.tix, t.rank_lower, t.taxonomy.kingdom AS kingdom, t.caption,
+               t.taxon_id AS taxon_found, t.tix, t.rank_lower, t.kingdom, coalesce(t.has_caption, false) AS has_caption,
                t.caption_error,
                CASE WHEN l.raw IS NULL THEN py_license(coalesce(p.license, ''))
                     ELSE {{'code': l.code, 'url': l.url, 'prefix': l.prefix, 'suffix': l.suffix, 'error': l.error}}
@@ -420,7 +431,7 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
         FROM photos p
         LEFT JOIN holders u ON u.observer_id = coalesce(p.observer_id, '')
         LEFT JOIN observations o ON o.observation_uuid = coalesce(p.observation_uuid, '')
-        LEFT JOIN taxon_columns t ON t.taxon_id = o.taxon_id
+        LEFT JOIN taxon_rules t ON t.taxon_id = o.taxon_id
         LEFT JOIN licenses l ON l.raw = coalesce(p.license, '')
     ), licensed AS (
         SELECT * EXCLUDE (license), license.code AS license_code, license.url AS license_url, license.prefix,
