@@ -103,12 +103,13 @@ def stream_table(
     if where:
         private = duckdb.connect()  # a filter of each batch, in order, beside the query that scans the stream
         private.execute("SET threads = 1")
+        kept_sql = (
+            f"SELECT coalesce({where}, false) FROM ({_fields_sql('SELECT * FROM _batch', header, columns, delimiter)})"
+        )
 
         def keep(batch: pa.RecordBatch) -> pa.Array:
             private.register("_batch", batch)
-            rows = _fields_sql("SELECT * FROM _batch", header, columns, delimiter)
-            kept = private.sql(f"SELECT coalesce({where}, false) FROM ({rows})")
-            return kept.to_arrow_table().column(0).combine_chunks()
+            return private.sql(kept_sql).to_arrow_table().column(0).combine_chunks()
 
     stream = LineStream(path, lambda message: _raise_file_error(path, delimiter, message), where=keep)
     con.register(f"{table}_lines", stream.reader())
