@@ -18,6 +18,8 @@ import pyarrow as pa
 from pipeline.core.config import DuckDBConfig
 from pipeline.core.io import is_local, url_to_fs
 
+BULK_FLUSH = "8MB"
+
 
 def connect(config: DuckDBConfig | None = None, *urls: str) -> duckdb.DuckDBPyConnection:
     """A connection with the recipe's memory limit and threads; ``urls`` on object stores become readable."""
@@ -29,6 +31,10 @@ def connect(config: DuckDBConfig | None = None, *urls: str) -> duckdb.DuckDBPyCo
     con.execute("SET autoload_known_extensions = false")
     con.execute(f"SET memory_limit = {literal(config.memory_limit)}")
     con.execute(f"SET temp_directory = {literal(spill)}")
+    # A large block a query frees goes back to the system at once, not into DuckDB's allocator cache: a step's
+    # peak memory is then its live data, not that plus what its earlier queries once held (the iNaturalist crawl at
+    # 1M photos: peak 672 -> 592 MB).
+    con.execute(f"SET allocator_bulk_deallocation_flush_threshold = {literal(BULK_FLUSH)}")
     if config.threads:
         con.execute(f"SET threads = {int(config.threads)}")
     register_filesystems(con, *urls)

@@ -179,7 +179,7 @@ def create_license_table(con: duckdb.DuckDBPyConnection, table: str, raw_values_
     raws = [value for (value,) in con.sql(f"SELECT DISTINCT coalesce(v, '') FROM ({raw_values_sql}) t(v)").fetchall()]
     normalised = _license_structs(raws)
     columns = {"raw": pa.array(raws, pa.string()), **{name: normalised.field(name) for name in _LICENSE_FIELDS}}
-    _create_from_arrow(con, table, pa.table(columns))
+    create_from_arrow(con, table, pa.table(columns))
 
 
 def register_license_function(con: duckdb.DuckDBPyConnection) -> None:
@@ -374,7 +374,8 @@ def with_taxon_columns(batch: pa.RecordBatch, per_taxon: pa.Table) -> pa.RecordB
     return pa.RecordBatch.from_arrays(columns, schema=CANDIDATE_SCHEMA)
 
 
-def _create_from_arrow(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
+def create_from_arrow(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
+    """Temp table ``table`` holding ``data``."""
     con.register("_arrow_input", data)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM _arrow_input")
     con.unregister("_arrow_input")

@@ -17,7 +17,8 @@ declared encoding, missing columns), so every file-level message is the one ``te
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -26,6 +27,8 @@ from pipeline.core.duck import literal
 from pipeline.sources.base import SourceError
 from pipeline.sources.line_stream import LineStream
 from pipeline.sources.textfiles import read_header, read_table
+
+T = TypeVar("T")
 
 # Lines are read as one column: this 4-byte separator never occurs in a text export (a line holding it is refused).
 _WHOLE_LINE = "\x1f\x1e\x1d\x1c"
@@ -53,6 +56,36 @@ def load_table(
     keeps only the records it holds for, numbered as in the whole file. Not ``temporary``, the table is seen by
     every cursor of the connection (a temp table only by its own).
     """
+    records = _records_sql(table, path, required, columns, delimiter, where)
+    create = f"CREATE OR REPLACE {'TEMP ' if temporary else ''}TABLE {ident(table)} AS {records}"
+    _checked_read(con, table, path, delimiter, lambda: con.execute(create))
+
+
+def fetch_records(
+    con: duckdb.DuckDBPyConnection,
+    path: str,
+    select: str,
+    *,
+    required: Sequence[str],
+    columns: Sequence[str],
+    delimiter: str = "\t",
+    where: str | None = None,
+) -> pa.Table:
+    """``SELECT {select}`` over :func:`load_table`'s rows (``data_row, line, problem, <columns>``), as Arrow: for a
+    file read once into a shape of the caller's, without a DuckDB table. File-level errors as in ``load_table``."""
+    records = _records_sql("fetched", path, required, columns, delimiter, where)
+    return _checked_read(con, "fetched", path, delimiter, con.sql(f"SELECT {select} FROM ({records})").to_arrow_table)
+
+
+def _records_sql(
+    table: str,
+    path: str,
+    required: Sequence[str],
+    columns: Sequence[str],
+    delimiter: str,
+    where: str | None,
+) -> str:
+    """The query of :func:`load_table`'s rows; lines DuckDB cannot read go to ``<table>_rejects``."""
     header = read_header(path, required=required, delimiter=delimiter)
     rejects = (
         f", store_rejects = true, ignore_errors = true, rejects_table = {literal(table + '_rejects')}, "
@@ -71,10 +104,14 @@ def load_table(
         WHERE data_row >= 1
     """
     records = _fields_sql(lines, header, columns, delimiter)
-    if where:
-        records = f"SELECT * FROM ({records}) WHERE {where}"
+    return f"SELECT * FROM ({records}) WHERE {where}" if where else records
+
+
+def _checked_read(con: duckdb.DuckDBPyConnection, table: str, path: str, delimiter: str, run: Callable[[], T]) -> T:
+    """``run()``, a statement over :func:`_records_sql`'s rows; a file DuckDB could not read cleanly raises the
+    Python reader's error instead (it names the line and the bytes)."""
     try:
-        con.execute(f"CREATE OR REPLACE {'TEMP ' if temporary else ''}TABLE {ident(table)} AS {records}")
+        result = run()
     except duckdb.Error as exc:
         _raise_file_error(path, delimiter, str(exc))
     found = con.sql(
@@ -83,6 +120,7 @@ def load_table(
     if found:
         line, kind, message = found[0]
         _raise_file_error(path, delimiter, f"line {line}: {kind} ({message})")
+    return result
 
 
 def stream_table(

@@ -28,10 +28,12 @@ Scale: the join, the filters and every column are one DuckDB query (``pipeline.s
 shared row rules in SQL). ``photos.csv``, the largest file, is never held: its lines are streamed into the query
 as Arrow batches (``pipeline.sources.line_stream``), numbered as a loaded table would be, and the rows come out in
 Arrow batches in ``photos.csv`` order (DuckDB's threads hand them back interleaved; ``duck.in_row_order``
-restores the order holding only the early ones, and the stream's ``seq`` says which is which). The lookup tables
-(observations, taxa, observers) are loaded, and DuckDB spills them past the recipe's ``duckdb.memory_limit``, so the
-full export (hundreds of millions of photos) crawls without cutting it first. Python runs once per distinct
-license and per taxon, and per block of lines, never per photo (``benchmarks/crawl.py``).
+restores the order holding only the early ones, and the stream's ``seq`` says which is which). Observations are
+held as the join needs them and no more: a 16-byte UUID key and two small codes each, handed to the join once
+(``pipeline.sources.inat_observations``); taxa and observers are small tables. DuckDB spills the joins past the
+recipe's ``duckdb.memory_limit``, so the full export (hundreds of millions of photos) crawls without cutting it
+first. Python runs once per distinct license and per taxon, and per block of lines, never per photo
+(``benchmarks/crawl.py``).
 An id that repeats in observations, taxa, observers or common_names raises ``SourceError`` naming the file, the
 row and the id (a photo would otherwise join to whichever row came last); so does a malformed row there.
 """
@@ -52,7 +54,7 @@ from pipeline.core.config import DuckDBConfig
 from pipeline.core.duck import literal
 from pipeline.core.io import is_local, isfile, join
 from pipeline.core.schema import TAXONOMY_RANKS
-from pipeline.sources import duck_rules, duck_text
+from pipeline.sources import duck_rules, duck_text, inat_observations
 from pipeline.sources.base import (
     RANK_LEVELS,
     ConfigError,
@@ -69,8 +71,6 @@ from pipeline.sources.textfiles import read_table
 SIZES = ("square", "small", "medium", "large", "original")
 PHOTO_COLUMNS = ("photo_uuid", "photo_id", "observation_uuid", "observer_id", "extension", "license")
 PHOTO_READ = ("photo_id", "observation_uuid", "observer_id", "extension", "license")  # of those, the ones used
-OBSERVATION_COLUMNS = ("observation_uuid", "observer_id", "taxon_id", "quality_grade")
-OBSERVATION_READ = ("observation_uuid", "taxon_id", "quality_grade")
 TAXA_COLUMNS = ("taxon_id", "ancestry", "rank_level", "rank", "name", "active")
 OBSERVER_COLUMNS = ("observer_id", "login", "name")
 # photos.license as the export documents it ("": all rights reserved)
@@ -175,10 +175,7 @@ def read_batches(
         photos = duck_text.stream_table(
             con, "photos", paths["photos"], required=PHOTO_COLUMNS, columns=PHOTO_READ, where=share
         )
-        observations_loaded = loader.submit(
-            _load_shared, con, "observations", paths["observations"], OBSERVATION_COLUMNS, OBSERVATION_READ, share,
-            "observation_uuid",
-        )  # fmt: skip
+        observations_loaded = loader.submit(_read_observations, con, paths["observations"], share)
         try:
             for stem, key, columns in (
                 ("taxa", "taxon_id", TAXA_COLUMNS),
@@ -199,15 +196,19 @@ def read_batches(
         duck_rules.create_license_table(con, "licenses", f"SELECT unnest({duck_rules.list_sql(LICENSES)})")
         duck_rules.register_license_function(con)
         if partition:  # a share of the export names a share of the taxa: caption only those
-            observations_loaded.result()
+            observations_loaded.result().register(con)
         per_taxon = _create_taxon_columns(con, ctx.caption_style, used_only=partition is not None)
-        observations_loaded.result()
+        observations = observations_loaded.result()
+        if not partition:
+            observations.register(con)
+        _create_observation_taxa(con)
         # The photos, streamed, are each join's probe side, so rows come out in about their order (DuckDB, not
         # knowing a stream's size, would otherwise hash the photos and probe with the tables, in no order at all).
         con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
         try:
             with photos.errors_raised():
-                reader = con.sql(_candidates_sql(config, ctx, paths["photos"])).to_arrow_reader(batch_rows)
+                query = _candidates_sql(config, ctx, paths["photos"], observations.has_text_keys)
+                reader = con.sql(query).to_arrow_reader(batch_rows)
                 for batch in duck.in_row_order(reader, "seq", batch_rows):
                     yield duck_rules.with_taxon_columns(batch, per_taxon)
         except duckdb.OutOfMemoryException as exc:
@@ -221,22 +222,11 @@ def read_batches(
         con.close()
 
 
-def _load_shared(
-    con: duckdb.DuckDBPyConnection,
-    table: str,
-    path: str,
-    required: tuple[str, ...],
-    columns: tuple[str, ...],
-    share: str | None,
-    key: str | None,
-) -> None:
-    """Table ``table`` of ``columns`` (visible to every cursor of ``con``), read on a cursor of its own; a lookup
-    table (``key``) is checked as the others are."""
+def _read_observations(con: duckdb.DuckDBPyConnection, path: str, share: str | None) -> inat_observations.Observations:
+    """observations.csv read on a cursor of its own."""
     cursor = con.cursor()
     try:
-        duck_text.load_table(cursor, table, path, required=required, columns=columns, where=share, temporary=False)
-        if key:
-            duck_text.check_lookup(cursor, table, path, key)
+        return inat_observations.read_observations(cursor, path, share)
     finally:
         cursor.close()
 
@@ -271,7 +261,8 @@ TAXON_LEVEL = ("scientific_name", "common_name", "taxon_rank", "taxonomy", "capt
 def _create_taxon_columns(con, caption_style: str, used_only: bool) -> pa.Table:
     """Every taxon, or (``used_only``) the taxa observations name, with its index ``tix``, names, rank, taxonomy
     and caption, in one statement; returns the ``TAXON_LEVEL`` columns in ``tix`` order (one row per taxon, not per
-    photo) and keeps in ``taxon_rules`` only what the query's rules read (``used_only`` needs ``observations``).
+    photo) and keeps in ``taxon_rules`` only what the query's rules read (``used_only`` needs
+    ``observation_taxon_ids``).
     """
     taxa = f"SELECT *, name AS scientific_name, NULL::VARCHAR AS original_text FROM ({_taxon_sql(used_only)})"
     con.execute(
@@ -297,6 +288,20 @@ def _create_taxon_columns(con, caption_style: str, used_only: bool) -> pa.Table:
     return table.combine_chunks()
 
 
+def _create_observation_taxa(con) -> None:
+    """``observation_taxa``: per taxon code of the observations, its taxon id and what the query's rules read of the
+    taxon (``found`` false: the id is not in taxa.csv)."""
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE observation_taxa AS
+        SELECT d.code, d.taxon_id, r.tix, r.rank_lower, r.kingdom, coalesce(r.has_caption, false) AS has_caption,
+               r.caption_error, r.tix IS NOT NULL AS found
+        FROM observation_taxon_ids d LEFT JOIN taxon_rules r USING (taxon_id);
+        DROP TABLE taxon_rules; DROP TABLE observation_taxon_ids
+        """
+    )
+
+
 def _taxon_sql(used_only: bool) -> str:
     """``taxon_id, name, rank, taxonomy, common_name`` per taxon (``used_only``: per taxon observations name).
 
@@ -306,7 +311,7 @@ def _taxon_sql(used_only: bool) -> str:
     ranks = ", ".join(f"'{rank}'" for rank in TAXONOMY_RANKS)
     used = "SELECT * FROM taxa"
     if used_only:
-        used += " SEMI JOIN (SELECT DISTINCT taxon_id FROM observations) o USING (taxon_id)"
+        used += " SEMI JOIN observation_taxon_ids USING (taxon_id)"
     return f"""
         WITH used AS ({used}), chains AS (
             SELECT taxon_id,
@@ -329,12 +334,13 @@ def _taxon_sql(used_only: bool) -> str:
     """
 
 
-def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
+def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str, text_keys: bool) -> str:
     """Photos joined to observer, observation, taxon, caption and license; the first failing rule is the error.
 
     Rules in the order the dict-per-row adapter applied them (first wins): a malformed line, no photo id or
     extension, unknown observer, unknown observation, unknown taxon, kingdom, rank, quality grade, then
-    ``build_row``'s URL, license and caption.
+    ``build_row``'s URL, license and caption. ``text_keys``: some observations are looked up by their uuid's text
+    (``inat_observations``).
     """
     rules = duck_rules
 
@@ -411,6 +417,15 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
         rule("license_error IS NOT NULL", "license", "license_error"),
         rule("NOT has_caption", "caption", f"coalesce(caption_error, {no_caption})"),
     ]
+    # The observation: by its UUID, or (text_keys) by its uuid's text where that is no canonical UUID.
+    found, by_text = "o.uuid_key IS NOT NULL", ""
+
+    def code(name: str) -> str:
+        return f"coalesce(o.{name}, ot.{name})" if text_keys else f"o.{name}"
+
+    if text_keys:
+        found += " OR ot.uuid_text IS NOT NULL"
+        by_text = "\n        LEFT JOIN observations_by_text ot ON ot.uuid_text = coalesce(p.observation_uuid, '')"
     record = (
         "CASE WHEN photo_id <> '' THEN photo_id || ':' || observation_uuid ELSE "
         + literal(photos_path + ":")
@@ -422,16 +437,17 @@ def _candidates_sql(config: Config, ctx: CrawlContext, photos_path: str) -> str:
                coalesce(p.extension, '') AS extension, coalesce(p.observation_uuid, '') AS observation_uuid,
                p.observer_id, p.license AS raw_license,
                u.observer_id AS observer_found, u.rights_holder, u.who,
-               o.observation_uuid AS observation_found, o.taxon_id, o.quality_grade,
-               t.taxon_id AS taxon_found, t.tix, t.rank_lower, t.kingdom, coalesce(t.has_caption, false) AS has_caption,
-               t.caption_error,
+               CASE WHEN {found} THEN true END AS observation_found, t.taxon_id, g.quality_grade,
+               CASE WHEN t.found THEN true END AS taxon_found, t.tix, t.rank_lower, t.kingdom,
+               coalesce(t.has_caption, false) AS has_caption, t.caption_error,
                CASE WHEN l.raw IS NULL THEN py_license(coalesce(p.license, ''))
                     ELSE {{'code': l.code, 'url': l.url, 'prefix': l.prefix, 'suffix': l.suffix, 'error': l.error}}
                END AS license
-        FROM photos p
+        FROM (SELECT *, {inat_observations.uuid_key_sql("observation_uuid")} AS uuid_key FROM photos) p
         LEFT JOIN holders u ON u.observer_id = coalesce(p.observer_id, '')
-        LEFT JOIN observations o ON o.observation_uuid = coalesce(p.observation_uuid, '')
-        LEFT JOIN taxon_rules t ON t.taxon_id = o.taxon_id
+        LEFT JOIN observations o ON o.uuid_key = p.uuid_key{by_text}
+        LEFT JOIN observation_taxa t ON t.code = {code("taxon_code")}
+        LEFT JOIN observation_grades g ON g.code = {code("grade_code")}
         LEFT JOIN licenses l ON l.raw = coalesce(p.license, '')
     ), licensed AS (
         SELECT * EXCLUDE (license), license.code AS license_code, license.url AS license_url, license.prefix,

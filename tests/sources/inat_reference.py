@@ -11,8 +11,8 @@ from typing import Any
 
 from pipeline.core.schema import TAXONOMY_RANKS
 from pipeline.sources.base import CrawlContext, apply_taxon_filter, build_row, reject, rewrite_url
+from pipeline.sources.inat_observations import REQUIRED as OBSERVATION_COLUMNS
 from pipeline.sources.inaturalist import (  # the file handling both share; the row logic below is the old one's
-    OBSERVATION_COLUMNS,
     OBSERVER_COLUMNS,
     PHOTO_COLUMNS,
     TAXA_COLUMNS,

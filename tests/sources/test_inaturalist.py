@@ -113,7 +113,16 @@ def test_repeated_ids_in_lookup_tables_name_file_row_and_id(inat_dir, ctx):
         SourceError, match=r"observations.csv row 5 \(line 6\), field observation_uuid: id 'o1' repeats an earlier row"
     ):
         crawl(inat_dir, ctx)
-    observations.write_text("\n".join(observations.read_text().splitlines()[:-1]) + "\n")
+    # A canonical UUID (held as 16 bytes) repeated; its capitalised spelling is another id, no repeat.
+    uuid = "8f14e45f-ceea-467f-a0b6-c3d1e1e2e3e4"
+    lines = observations.read_text().splitlines()[:-1]
+    lines += [f"{u}\t8\t0\t0\t1\t14\tresearch\t2023-05-02" for u in (uuid, uuid.upper(), "x", uuid)]
+    observations.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        SourceError, match=rf"observations.csv row 8 \(line 9\), field observation_uuid: id '{uuid}' repeats an"
+    ):
+        crawl(inat_dir, ctx)
+    observations.write_text("\n".join(lines[:-4]) + "\n")
     taxa = inat_dir / "taxa.csv"
     taxa.write_text(taxa.read_text() + "13\t48460/1\t10\tspecies\tApis mellifera\ttrue\n")
     with pytest.raises(SourceError, match=r"taxa.csv row 11 \(line 12\), field taxon_id: id '13' repeats"):

@@ -1,4 +1,4 @@
-"""A streamed text file gives the rows a loaded table gives, and its file errors still name the line."""
+"""A streamed (or fetched) text file gives the rows a loaded table gives, and its file errors still name the line."""
 
 import gzip
 import random
@@ -51,6 +51,25 @@ def outcome(read, *args, **kwargs):
         return read(*args, **kwargs)
     except SourceError as exc:
         return str(exc)
+
+
+def fetched(path, where=None):
+    con = duckdb.connect()
+    table = duck_text.fetch_records(
+        con, str(path), "data_row, line, problem, a, b, zz", required=("a",), columns=("a", "b", "zz"), where=where
+    )
+    return sorted(tuple(row.values()) for row in table.to_pylist())
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_fetched_records_are_the_loaded_tables_rows_and_errors(tmp_path, ending):
+    rng = random.Random(7)
+    path = tmp_path / "t.tsv"
+    for _ in range(20):
+        body = b"".join(rng.choice(PIECES + [ending] * 4) for _ in range(rng.randrange(0, 80)))
+        path.write_bytes(b"a\tb\tc" + ending + body)
+        for where in (None, "a <> 'b'"):
+            assert outcome(fetched, path, where) == outcome(loaded, path, where)
 
 
 def test_many_rows_stream_in_small_batches_numbered_as_the_loaded_table(tmp_path):
