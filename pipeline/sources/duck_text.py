@@ -29,6 +29,7 @@ from pipeline.sources.line_stream import LineStream
 from pipeline.sources.textfiles import read_header, read_table
 
 T = TypeVar("T")
+FETCH_ROWS = 65_536
 
 # Lines are read as one column: this 4-byte separator never occurs in a text export (a line holding it is refused).
 _WHOLE_LINE = "\x1f\x1e\x1d\x1c"
@@ -74,7 +75,9 @@ def fetch_records(
     """``SELECT {select}`` over :func:`load_table`'s rows (``data_row, line, problem, <columns>``), as Arrow: for a
     file read once into a shape of the caller's, without a DuckDB table. File-level errors as in ``load_table``."""
     records = _records_sql("fetched", path, required, columns, delimiter, where)
-    return _checked_read(con, "fetched", path, delimiter, con.sql(f"SELECT {select} FROM ({records})").to_arrow_table)
+    # Read as a stream of batches: to_arrow_table takes twice as long for the same rows (DuckDB 2.0).
+    reader = con.sql(f"SELECT {select} FROM ({records})").to_arrow_reader
+    return _checked_read(con, "fetched", path, delimiter, lambda: reader(FETCH_ROWS).read_all())
 
 
 def _records_sql(

@@ -232,10 +232,12 @@ def _spec(build: Build, unit: str) -> SourceSpec:
 
 def find_repeats(con, path: Path) -> pa.Table:
     """``ord`` (0-based row), ``first_file``, ``first_row`` of every row whose sample_id an earlier row has; only
-    when a first scan of the sample ids finds a repeat at all (usually none does) are the rows looked up."""
+    when a first scan finds two sample ids with one 64-bit hash (usually none: ids whose hashes differ differ) are
+    the ids themselves compared and the rows looked up."""
     rows = f"read_parquet({duck.literal(path)}, file_row_number = true)"
     repeated = f"SELECT sample_id FROM {rows} GROUP BY 1 HAVING count(*) > 1"
-    if not con.sql(f"SELECT EXISTS ({repeated})").fetchall()[0][0]:
+    hashes_repeat = f"SELECT EXISTS (SELECT 1 FROM {rows} GROUP BY hash(sample_id) HAVING count(*) > 1)"
+    if not con.sql(hashes_repeat).fetchall()[0][0]:
         return pa.table({"ord": pa.array([], pa.int64()), "first_file": pa.array([], pa.string()),
                          "first_row": pa.array([], pa.int64())})  # fmt: skip
     return con.sql(
