@@ -48,6 +48,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core import duck
 from pipeline.core.config import DuckDBConfig
@@ -259,33 +260,32 @@ TAXON_LEVEL = ("scientific_name", "common_name", "taxon_rank", "taxonomy", "capt
 
 
 def _create_taxon_columns(con, caption_style: str, used_only: bool) -> pa.Table:
-    """Every taxon, or (``used_only``) the taxa observations name, with its index ``tix``, names, rank, taxonomy
-    and caption, in one statement; returns the ``TAXON_LEVEL`` columns in ``tix`` order (one row per taxon, not per
-    photo) and keeps in ``taxon_rules`` only what the query's rules read (``used_only`` needs
-    ``observation_taxon_ids``).
+    """Every taxon, or (``used_only``) the taxa observations name, with its names, rank, taxonomy and caption, in
+    one statement; returns the ``TAXON_LEVEL`` columns (one row per taxon, not per photo) and keeps in
+    ``taxon_rules`` only what the query's rules read, with ``tix``, the taxon's row in the returned table
+    (``used_only`` needs ``observation_taxon_ids``).
     """
     taxa = f"SELECT *, name AS scientific_name, NULL::VARCHAR AS original_text FROM ({_taxon_sql(used_only)})"
-    con.execute(
+    table = con.sql(
         f"""
-        CREATE OR REPLACE TEMP TABLE taxon_columns AS
-        SELECT (row_number() OVER (ORDER BY taxon_id) - 1)::INTEGER AS tix, taxon_id, scientific_name, common_name,
-               rank AS taxon_rank, {duck_rules.lower_sql("rank")} AS rank_lower, taxonomy, caption, caption_kind,
-               caption_variants, caption_error
+        SELECT scientific_name, common_name, rank AS taxon_rank, taxonomy, caption, caption_kind, caption_variants,
+               taxon_id, {duck_rules.lower_sql("rank")} AS rank_lower, caption_error
         FROM ({duck_rules.caption_select(taxa, caption_style)})
         """
-    )
-    table = con.sql(f"SELECT {', '.join(TAXON_LEVEL)} FROM taxon_columns ORDER BY tix").to_arrow_table()
-    # The wide columns live on in Arrow only; the query joins the narrow rows (and the export's taxa are done with).
-    con.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE taxon_rules AS
-        SELECT tix, taxon_id, rank_lower, taxonomy.kingdom AS kingdom, caption IS NOT NULL AS has_caption,
-               caption_error
-        FROM taxon_columns;
-        DROP TABLE taxon_columns; DROP TABLE taxa
-        """
-    )
-    return table.combine_chunks()
+    ).to_arrow_table()
+    con.execute("DROP TABLE taxa")
+    # The wide columns live on in Arrow only; the query joins the narrow rows. A taxon's index is its row here
+    # (no sort of the taxa to number them).
+    rules = {
+        "tix": pa.array(range(table.num_rows), pa.int32()),
+        "taxon_id": table.column("taxon_id"),
+        "rank_lower": table.column("rank_lower"),
+        "kingdom": pc.struct_field(table.column("taxonomy"), "kingdom"),
+        "has_caption": pc.is_valid(table.column("caption")),
+        "caption_error": table.column("caption_error"),
+    }
+    duck_rules.create_from_arrow(con, "taxon_rules", pa.table(rules))
+    return table.select(list(TAXON_LEVEL)).combine_chunks()
 
 
 def _create_observation_taxa(con) -> None:
