@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -20,3 +21,17 @@ def run_side(script: str, side: str, arguments: list[str]) -> dict:
     if done.returncode:
         raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS in MB: ``VmHWM`` of its memory (Linux). ``ru_maxrss`` would not do in a child:
+    Linux carries the parent's peak over into it (a benchmark's parent that wrote a 3M-row export in-process gave
+    both of its children that export writer's 1.25 GB)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

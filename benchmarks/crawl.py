@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import duckdb
-from child_run import run_side
+from child_run import own_peak_rss_mb, run_side
 
 PLANTAE, ANIMALIA = 47126, 1
 FANOUT = 6  # children per taxon from phylum down to genus; species per genus
@@ -262,7 +261,7 @@ def _crawl_part(arguments: tuple, unit: str) -> float:
     from pipeline.stages import stage_named
 
     run_unit(stage_named("crawl_parts"), Build.of(_recipe(*arguments)), unit)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return own_peak_rss_mb()
 
 
 def run_ours(export: Path, out: Path, kind: str, memory_limit: str = "2GB", partitions: int = 1,
@@ -296,8 +295,7 @@ def child(side: str, kind: str, export: str, out: str, memory_limit: str, partit
         result = run_bare(Path(export), Path(out), kind)
     else:
         result = run_ours(Path(export), Path(out), kind, memory_limit, int(partitions), int(workers))
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["peak_rss_mb"] = max(own, result.pop("worker_peak_mb", 0.0))
+    result["peak_rss_mb"] = max(own_peak_rss_mb(), result.pop("worker_peak_mb", 0.0))
     print(json.dumps(result))
 
 

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core.duck import literal
 from pipeline.sources.base import SourceError
@@ -72,12 +73,42 @@ def fetch_records(
     delimiter: str = "\t",
     where: str | None = None,
 ) -> pa.Table:
-    """``SELECT {select}`` over :func:`load_table`'s rows (``data_row, line, problem, <columns>``), as Arrow: for a
-    file read once into a shape of the caller's, without a DuckDB table. File-level errors as in ``load_table``."""
-    records = _records_sql("fetched", path, required, columns, delimiter, where)
-    # Read as a stream of batches: to_arrow_table takes twice as long for the same rows (DuckDB 2.0).
-    reader = con.sql(f"SELECT {select} FROM ({records})").to_arrow_reader
-    return _checked_read(con, "fetched", path, delimiter, lambda: reader(FETCH_ROWS).read_all())
+    """``SELECT {select}`` over :func:`load_table`'s records (``problem, <columns>``; not numbered, in no particular
+    order), as Arrow: for a file read once into a shape of the caller's, without a DuckDB table. File-level errors
+    as in ``load_table``.
+
+    Records need no number here, so DuckDB reads the file on all its threads (its single-threaded read, which
+    numbers lines, also keeps every block it has read until its query ends: the whole file). The header is the one
+    line whose text is the header's; a file with a record of that same text is streamed instead, numbered
+    (:func:`stream_table`), so that only the true header is left out.
+    """
+    header = read_header(path, required=required, delimiter=delimiter)
+    first = f"SELECT text FROM ({_lines_sql(path, 'fetched_first', parallel=False)}) WHERE text IS NOT NULL LIMIT 1"
+    header_line = literal(_checked_read(con, "fetched_first", path, delimiter, con.sql(first).fetchall)[0][0])
+    lines = f"SELECT text, text = {header_line} AS is_header FROM ({_lines_sql(path, 'fetched', parallel=True)})"
+    records = _fields_sql(f"SELECT * FROM ({lines}) WHERE text IS NOT NULL", header, columns, delimiter)
+    query = f"SELECT {select}, is_header FROM ({records}) WHERE is_header OR ({where or 'true'})"
+    read = con.sql(query).to_arrow_reader
+    table = _checked_read(con, "fetched", path, delimiter, lambda: read(FETCH_ROWS).read_all())
+    is_header = table.column("is_header")
+    if pc.sum(is_header).as_py() == 1:
+        at = pc.index(is_header, True).as_py()  # the header's row, cut out without copying the others
+        return pa.concat_tables([table.slice(0, at), table.slice(at + 1)]).drop_columns(["is_header"])
+    stream = stream_table(con, "streamed", path, required=required, columns=columns, delimiter=delimiter, where=where)
+    with stream.errors_raised():
+        return con.sql(f"SELECT {select} FROM streamed").to_arrow_reader(FETCH_ROWS).read_all()
+
+
+def _lines_sql(path: str, table: str, parallel: bool) -> str:
+    """The file's physical lines as ``text`` (NULL for a blank one); lines DuckDB cannot read go to
+    ``<table>_rejects``."""
+    return f"""
+        SELECT text FROM read_csv({literal(path)}, columns = {{'text': 'VARCHAR'}}, delim = {literal(_WHOLE_LINE)},
+                                  quote = '', escape = '', comment = '', header = false, auto_detect = false,
+                                  strict_mode = false, parallel = {str(parallel).lower()}, store_rejects = true,
+                                  ignore_errors = true, rejects_table = {literal(table + "_rejects")},
+                                  rejects_scan = {literal(table + "_rejects_scan")})
+    """
 
 
 def _records_sql(
@@ -90,18 +121,11 @@ def _records_sql(
 ) -> str:
     """The query of :func:`load_table`'s rows; lines DuckDB cannot read go to ``<table>_rejects``."""
     header = read_header(path, required=required, delimiter=delimiter)
-    rejects = (
-        f", store_rejects = true, ignore_errors = true, rejects_table = {literal(table + '_rejects')}, "
-        f"rejects_scan = {literal(table + '_rejects_scan')}"
-    )
     # Two streaming row numbers over one ordered, single-threaded scan: the physical line, then the record
     # (blank lines skipped; the first record is the header).
     lines = f"""
         WITH physical AS (
-            SELECT text, row_number() OVER () AS line
-            FROM read_csv({literal(path)}, columns = {{'text': 'VARCHAR'}}, delim = {literal(_WHOLE_LINE)},
-                          quote = '', escape = '', comment = '', header = false, auto_detect = false,
-                          strict_mode = false, parallel = false{rejects})
+            SELECT text, row_number() OVER () AS line FROM ({_lines_sql(path, table, parallel=False)})
         )
         SELECT * FROM (SELECT row_number() OVER () - 1 AS data_row, line, text FROM physical WHERE text IS NOT NULL)
         WHERE data_row >= 1

@@ -68,26 +68,31 @@ def read_observations(con: duckdb.DuckDBPyConnection, path: str, share: str | No
     """``path`` (``observations.csv``) as :class:`Observations`, of the rows in hash partition ``share`` (SQL over
     ``observation_uuid``) if given. A malformed row or a repeated uuid raises ``SourceError`` naming the row."""
     key = uuid_key_sql("observation_uuid")
-    # UUIDs come out as Arrow's 16-byte uuid type, not as 36 characters of text (a setting of the whole database:
-    # the adapter's own, whose other results hold no UUID).
-    con.execute("SET arrow_lossless_conversion = true")
     read = duck_text.fetch_records(
         con,
         path,
-        f"{key} AS uuid_key, CASE WHEN {key} IS NULL THEN coalesce(observation_uuid, '') END AS uuid_text, "
+        f"({key})::BLOB AS uuid_key, CASE WHEN {key} IS NULL THEN coalesce(observation_uuid, '') END AS uuid_text, "
         "taxon_id, quality_grade, problem IS NOT NULL AS malformed",
         required=REQUIRED,
         columns=READ,
         where=share,
     )
+    read = read.set_column(0, "uuid_key", _uuids(read.column("uuid_key")))
     _check(con, read, path, share)
     taxa = pc.dictionary_encode(read.column("taxon_id").combine_chunks())
     grades = pc.dictionary_encode(read.column("quality_grade").combine_chunks())
     codes = {"taxon_code": taxa.indices, "grade_code": grades.indices}
-    keyed = pa.table({"uuid_key": read.column("uuid_key").combine_chunks(), **codes})
+    keyed = pa.table({"uuid_key": read.column("uuid_key"), **codes})
     text_keyed = pc.is_valid(read.column("uuid_text"))
     by_text = pa.table({"uuid_text": read.column("uuid_text"), **codes}).filter(text_keyed)
     return Observations(keyed, by_text, taxa.dictionary, grades.dictionary)
+
+
+def _uuids(blobs: pa.ChunkedArray) -> pa.Array:
+    """16-byte blobs as Arrow's uuid type, which DuckDB takes in as UUID (DuckDB gives its UUIDs to Arrow as text
+    unless a setting of the whole database says otherwise)."""
+    storage = pc.cast(blobs, pa.binary(16)).combine_chunks()
+    return pa.ExtensionArray.from_storage(pa.uuid(), storage)
 
 
 def _check(con: duckdb.DuckDBPyConnection, read: pa.Table, path: str, share: str | None) -> None:

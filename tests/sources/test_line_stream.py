@@ -54,22 +54,29 @@ def outcome(read, *args, **kwargs):
 
 
 def fetched(path, where=None):
+    """The records :func:`duck_text.fetch_records` gives (not numbered, in no order), sorted."""
     con = duckdb.connect()
     table = duck_text.fetch_records(
-        con, str(path), "data_row, line, problem, a, b, zz", required=("a",), columns=("a", "b", "zz"), where=where
+        con, str(path), "problem, a, b, zz", required=("a",), columns=("a", "b", "zz"), where=where
     )
-    return sorted(tuple(row.values()) for row in table.to_pylist())
+    return sorted((tuple(row.values()) for row in table.to_pylist()), key=repr)
 
 
-@pytest.mark.parametrize("ending", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def loaded_records(path, where=None):
+    return sorted((row[2:] for row in loaded(path, where)), key=repr)
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
 def test_fetched_records_are_the_loaded_tables_rows_and_errors(tmp_path, ending):
+    # Some files hold a record whose text is the header's (read numbered then, to leave out the header only).
     rng = random.Random(7)
     path = tmp_path / "t.tsv"
-    for _ in range(20):
-        body = b"".join(rng.choice(PIECES + [ending] * 4) for _ in range(rng.randrange(0, 80)))
-        path.write_bytes(b"a\tb\tc" + ending + body)
-        for where in (None, "a <> 'b'"):
-            assert outcome(fetched, path, where) == outcome(loaded, path, where)
+    for _ in range(30):
+        pieces = PIECES + [ending] * 4 + [b"a\tb\tc" + ending]
+        body = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 80)))
+        path.write_bytes(rng.choice([b"", ending]) + b"a\tb\tc" + ending + body)
+        for where in (None, "a <> 'b'", "a = 'a'"):
+            assert outcome(fetched, path, where) == outcome(loaded_records, path, where)
 
 
 def test_many_rows_stream_in_small_batches_numbered_as_the_loaded_table(tmp_path):
