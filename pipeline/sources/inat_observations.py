@@ -3,13 +3,14 @@
 The observations are the largest table the photo query holds (the real export has hundreds of millions), so each
 is kept as little as exact joins allow: its ``observation_uuid`` as a 16-byte UUID where the text is a canonical
 UUID (lowercase hex, 8-4-4-4-12, as the export writes them) and its ``taxon_id`` and ``quality_grade`` as codes
-into the two small lists of values the export uses. Any other uuid text (an older or a hostile export's) is kept
+into the lists of the distinct values the export uses. Any other uuid text (an older or a hostile export's) is kept
 as text in a second lookup, usually empty, so that a photo joins exactly the observation whose text equals its
 own: ``8F14...`` or ``{8f14...}`` never joins ``8f14...``. The lookup is handed to DuckDB as a stream that is
 let go as the join's hash table takes it in, so the hash table is the only copy while the photos stream.
 
-The file is read once (numbered as :mod:`pipeline.sources.duck_text` numbers it). A malformed row or a repeated
-uuid is found by counts over that read; only then is the file read again, as a table, to name the first such row.
+The file is read once, on all of DuckDB's threads (:func:`pipeline.sources.duck_text.fetch_records`). A malformed
+row or a repeated uuid is found by counts over that read; only then is the file read again, numbered, as a table,
+to name the first such row.
 """
 
 from __future__ import annotations
