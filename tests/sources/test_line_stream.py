@@ -100,6 +100,8 @@ def test_bytes_that_are_not_utf8_name_the_line_even_late_in_the_file(tmp_path):
     path.write_bytes(b"a\tb\n" + b"1\t2\n" * 3000 + b"3\t\xff\n")
     with pytest.raises(SourceError, match=r"t.tsv line 3002: bytes not valid utf-8"):
         streamed(path, block_bytes=512)
+    with pytest.raises(SourceError, match=r"t.tsv line 3002: bytes not valid utf-8"):
+        fetched(path)
 
 
 def test_a_line_over_the_limit_names_its_line(tmp_path, monkeypatch):
