@@ -7,7 +7,8 @@ yields, so an adapter written over either reports the same rows. DuckDB reads ea
 single-threaded, ordered scan, which numbers the lines) and splits it in SQL; everything after runs in parallel
 and spills to disk, so files far larger than memory work. :func:`stream_table` gives the same rows as a view over
 the file's lines streamed by Arrow (``pipeline.sources.line_stream``), for a file one query reads once and that
-need not be held at all.
+need not be held at all; :func:`fetch_records` gives them unnumbered, as Arrow in a shape of the caller's, read on
+all of DuckDB's threads.
 
 A file DuckDB cannot read cleanly (bytes that are not UTF-8, a corrupt ``.gz``) is re-read by the Python reader,
 whose :class:`SourceError` names the file, the line and the bytes; the header is checked by Python too (BOM,
@@ -82,6 +83,25 @@ def fetch_records(
     line whose text is the header's; a file with a record of that same text is streamed instead, numbered
     (:func:`stream_table`), so that only the true header is left out.
     """
+    table = _fetch_unnumbered(con, path, select, required, columns, delimiter, where)
+    if table is not None:
+        return table
+    stream = stream_table(con, "streamed", path, required=required, columns=columns, delimiter=delimiter, where=where)
+    with stream.errors_raised():
+        return con.sql(f"SELECT {select} FROM streamed").to_arrow_reader(FETCH_ROWS).read_all()
+
+
+def _fetch_unnumbered(
+    con: duckdb.DuckDBPyConnection,
+    path: str,
+    select: str,
+    required: Sequence[str],
+    columns: Sequence[str],
+    delimiter: str,
+    where: str | None,
+) -> pa.Table | None:
+    """:func:`fetch_records` read on all threads, the header left out as the one line with its text; None when
+    more than one line has that text (which of them is the header takes numbering)."""
     header = read_header(path, required=required, delimiter=delimiter)
     first = f"SELECT text FROM ({_lines_sql(path, 'fetched_first', parallel=False)}) WHERE text IS NOT NULL LIMIT 1"
     header_line = literal(_checked_read(con, "fetched_first", path, delimiter, con.sql(first).fetchall)[0][0])
@@ -91,12 +111,10 @@ def fetch_records(
     read = con.sql(query).to_arrow_reader
     table = _checked_read(con, "fetched", path, delimiter, lambda: read(FETCH_ROWS).read_all())
     is_header = table.column("is_header")
-    if pc.sum(is_header).as_py() == 1:
-        at = pc.index(is_header, True).as_py()  # the header's row, cut out without copying the others
-        return pa.concat_tables([table.slice(0, at), table.slice(at + 1)]).drop_columns(["is_header"])
-    stream = stream_table(con, "streamed", path, required=required, columns=columns, delimiter=delimiter, where=where)
-    with stream.errors_raised():
-        return con.sql(f"SELECT {select} FROM streamed").to_arrow_reader(FETCH_ROWS).read_all()
+    if pc.sum(is_header).as_py() != 1:
+        return None
+    at = pc.index(is_header, True).as_py()  # the header's row, cut out without copying the others
+    return pa.concat_tables([table.slice(0, at), table.slice(at + 1)]).drop_columns(["is_header"])
 
 
 def _lines_sql(path: str, table: str, parallel: bool) -> str:
@@ -135,8 +153,8 @@ def _records_sql(
 
 
 def _checked_read(con: duckdb.DuckDBPyConnection, table: str, path: str, delimiter: str, run: Callable[[], T]) -> T:
-    """``run()``, a statement over :func:`_records_sql`'s rows; a file DuckDB could not read cleanly raises the
-    Python reader's error instead (it names the line and the bytes)."""
+    """``run()``, a statement over :func:`_lines_sql`'s lines of ``table``; a file DuckDB could not read cleanly
+    raises the Python reader's error instead (it names the line and the bytes)."""
     try:
         result = run()
     except duckdb.Error as exc:

@@ -15,6 +15,7 @@ to name the first such row.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 
 import duckdb
@@ -30,6 +31,7 @@ KEY = "CASE WHEN TRY_CAST({x} AS UUID)::VARCHAR = {x} THEN TRY_CAST({x} AS UUID)
 
 
 def uuid_key_sql(expr: str) -> str:
+    """:data:`KEY` of the text ``expr``."""
     return KEY.format(x=expr)
 
 
@@ -78,7 +80,7 @@ def read_observations(con: duckdb.DuckDBPyConnection, path: str, share: str | No
         columns=READ,
         where=share,
     )
-    read = read.set_column(0, "uuid_key", _uuids(read.column("uuid_key")))
+    read = read.set_column(read.column_names.index("uuid_key"), "uuid_key", _uuids(read.column("uuid_key")))
     _check(con, read, path, share)
     taxa = pc.dictionary_encode(read.column("taxon_id").combine_chunks())
     grades = pc.dictionary_encode(read.column("quality_grade").combine_chunks())
@@ -97,7 +99,8 @@ def _uuids(blobs: pa.ChunkedArray) -> pa.Array:
 
 
 def _check(con: duckdb.DuckDBPyConnection, read: pa.Table, path: str, share: str | None) -> None:
-    """Every row well formed and every uuid once, or the row that is not named (the file read again, numbered)."""
+    """Every row well formed and every uuid once; else the file is read again, numbered, to name the first row that
+    is not (``SourceError``)."""
     con.register("observations_read", read)
     try:
         faults = con.sql(
@@ -114,10 +117,10 @@ def _check(con: duckdb.DuckDBPyConnection, read: pa.Table, path: str, share: str
 
 def _scanned_once(table: pa.Table) -> pa.RecordBatchReader:
     """``table`` as a stream that lets go of each batch once DuckDB has taken it."""
-    batches = table.to_batches()
+    batches = deque(table.to_batches())
 
     def handed() -> Iterator[pa.RecordBatch]:
         while batches:
-            yield batches.pop(0)
+            yield batches.popleft()
 
     return pa.RecordBatchReader.from_batches(table.schema, handed())
