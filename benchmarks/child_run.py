@@ -26,12 +26,10 @@ def run_side(script: str, side: str, arguments: list[str]) -> dict:
 def own_peak_rss_mb() -> float:
     """This process's peak RSS in MB: ``VmHWM`` of its memory (Linux). ``ru_maxrss`` would not do in a child:
     Linux carries the parent's peak over into it (a benchmark's parent that wrote a 3M-row export in-process gave
-    both of its children that export writer's 1.25 GB)."""
+    both of its children that export writer's 1.25 GB). Elsewhere ``ru_maxrss`` is all there is."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+        status = Path("/proc/self/status").read_text(encoding="ascii")
     except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+    peak = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(peak.split()[1]) / 1024

@@ -240,12 +240,7 @@ def load_records(
             CREATE OR REPLACE {"TEMP " if temporary else ""}TABLE {ident(table)} AS
             SELECT * FROM (
             WITH physical AS (
-                SELECT text, row_number() OVER () AS line
-                FROM read_csv({literal(path)}, columns = {{'text': 'VARCHAR'}}, delim = {literal(_WHOLE_LINE)},
-                              quote = '', escape = '', comment = '', header = false, auto_detect = false,
-                              strict_mode = false, parallel = false, store_rejects = true, ignore_errors = true,
-                              rejects_table = {literal(table + "_rejects")},
-                              rejects_scan = {literal(table + "_rejects_scan")})
+                SELECT text, row_number() OVER () AS line FROM ({_lines_sql(path, table, parallel=False)})
             )
             SELECT row_number() OVER () AS data_row, line, string_split(text, {literal(delimiter)}) AS f
             FROM physical WHERE line > {int(skip_lines)} AND text IS NOT NULL

@@ -198,11 +198,12 @@ def read_batches(
         duck_rules.register_license_function(con)
         if partition:  # a share of the export names a share of the taxa: caption only those
             observations_loaded.result().register(con)
-        per_taxon = _create_taxon_columns(con, ctx.caption_style, used_only=partition is not None)
+        per_taxon, taxon_rules = _taxon_columns(con, ctx.caption_style, used_only=partition is not None)
         observations = observations_loaded.result()
         if not partition:
             observations.register(con)
-        _create_observation_taxa(con)
+        _create_observation_taxa(con, taxon_rules)
+        del taxon_rules  # in observation_taxa now
         # The photos, streamed, are each join's probe side, so rows come out in about their order (DuckDB, not
         # knowing a stream's size, would otherwise hash the photos and probe with the tables, in no order at all).
         con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
@@ -259,11 +260,10 @@ TAXON_LEVEL = ("scientific_name", "common_name", "taxon_rank", "taxonomy", "capt
                "caption_variants")  # fmt: skip
 
 
-def _create_taxon_columns(con, caption_style: str, used_only: bool) -> pa.Table:
+def _taxon_columns(con, caption_style: str, used_only: bool) -> tuple[pa.Table, pa.Table]:
     """Every taxon, or (``used_only``) the taxa observations name, with its names, rank, taxonomy and caption, in
-    one statement; returns the ``TAXON_LEVEL`` columns (one row per taxon, not per photo) and keeps in
-    ``taxon_rules`` only what the query's rules read, with ``tix``, the taxon's row in the returned table
-    (``used_only`` needs ``observation_taxon_ids``).
+    one statement: the ``TAXON_LEVEL`` columns (one row per taxon, not per photo) and, per taxon, what the query's
+    rules read of it, with ``tix``, its row in the first table (``used_only`` needs ``observation_taxon_ids``).
     """
     taxa = f"SELECT *, name AS scientific_name, NULL::VARCHAR AS original_text FROM ({_taxon_sql(used_only)})"
     table = con.sql(
@@ -284,22 +284,23 @@ def _create_taxon_columns(con, caption_style: str, used_only: bool) -> pa.Table:
         "has_caption": pc.is_valid(table.column("caption")),
         "caption_error": table.column("caption_error"),
     }
-    duck_rules.create_from_arrow(con, "taxon_rules", pa.table(rules))
-    return table.select(list(TAXON_LEVEL)).combine_chunks()
+    return table.select(list(TAXON_LEVEL)).combine_chunks(), pa.table(rules)
 
 
-def _create_observation_taxa(con) -> None:
+def _create_observation_taxa(con, taxon_rules: pa.Table) -> None:
     """``observation_taxa``: per taxon code of the observations, its taxon id and what the query's rules read of the
-    taxon (``found`` false: the id is not in taxa.csv)."""
+    taxon (``taxon_rules``; ``found`` false: the id is not in taxa.csv)."""
+    con.register("taxon_rules", taxon_rules)
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE observation_taxa AS
         SELECT d.code, d.taxon_id, r.tix, r.rank_lower, r.kingdom, coalesce(r.has_caption, false) AS has_caption,
                r.caption_error, r.tix IS NOT NULL AS found
         FROM observation_taxon_ids d LEFT JOIN taxon_rules r USING (taxon_id);
-        DROP TABLE taxon_rules; DROP TABLE observation_taxon_ids
+        DROP TABLE observation_taxon_ids
         """
     )
+    con.unregister("taxon_rules")
 
 
 def _taxon_sql(used_only: bool) -> str:
