@@ -103,9 +103,9 @@ def _fetch_unnumbered(
     """:func:`fetch_records` read on all threads, the header left out as the one line with its text; None when
     more than one line has that text (which of them is the header takes numbering)."""
     header = read_header(path, required=required, delimiter=delimiter)
-    first = f"SELECT text FROM ({_lines_sql(path, 'fetched_first', parallel=False)}) WHERE text IS NOT NULL LIMIT 1"
+    first = f"SELECT text FROM ({lines_sql(path, 'fetched_first', parallel=False)}) WHERE text IS NOT NULL LIMIT 1"
     header_line = literal(_checked_read(con, "fetched_first", path, delimiter, con.sql(first).fetchall)[0][0])
-    lines = f"SELECT text, text = {header_line} AS is_header FROM ({_lines_sql(path, 'fetched', parallel=True)})"
+    lines = f"SELECT text, text = {header_line} AS is_header FROM ({lines_sql(path, 'fetched', parallel=True)})"
     records = _fields_sql(f"SELECT * FROM ({lines}) WHERE text IS NOT NULL", header, columns, delimiter)
     query = f"SELECT {select}, is_header FROM ({records}) WHERE is_header OR ({where or 'true'})"
     read = con.sql(query).to_arrow_reader
@@ -117,7 +117,7 @@ def _fetch_unnumbered(
     return pa.concat_tables([table.slice(0, at), table.slice(at + 1)]).drop_columns(["is_header"])
 
 
-def _lines_sql(path: str, table: str, parallel: bool) -> str:
+def lines_sql(path: str, table: str, parallel: bool) -> str:
     """The file's physical lines as ``text`` (NULL for a blank one); lines DuckDB cannot read go to
     ``<table>_rejects``."""
     return f"""
@@ -143,7 +143,7 @@ def _records_sql(
     # (blank lines skipped; the first record is the header).
     lines = f"""
         WITH physical AS (
-            SELECT text, row_number() OVER () AS line FROM ({_lines_sql(path, table, parallel=False)})
+            SELECT text, row_number() OVER () AS line FROM ({lines_sql(path, table, parallel=False)})
         )
         SELECT * FROM (SELECT row_number() OVER () - 1 AS data_row, line, text FROM physical WHERE text IS NOT NULL)
         WHERE data_row >= 1
@@ -153,7 +153,7 @@ def _records_sql(
 
 
 def _checked_read(con: duckdb.DuckDBPyConnection, table: str, path: str, delimiter: str, run: Callable[[], T]) -> T:
-    """``run()``, a statement over :func:`_lines_sql`'s lines of ``table``; a file DuckDB could not read cleanly
+    """``run()``, a statement over :func:`lines_sql`'s lines of ``table``; a file DuckDB could not read cleanly
     raises the Python reader's error instead (it names the line and the bytes)."""
     try:
         result = run()
@@ -184,16 +184,8 @@ def stream_table(
     header = read_header(path, required=required, delimiter=delimiter)
     keep = None
     if where:
-        private = duckdb.connect()  # a filter of each batch, in order, beside the query that scans the stream
-        private.execute("SET threads = 1")
-        kept_sql = (
-            f"SELECT coalesce({where}, false) FROM ({_fields_sql('SELECT * FROM _batch', header, columns, delimiter)})"
-        )
-
-        def keep(batch: pa.RecordBatch) -> pa.Array:
-            private.register("_batch", batch)
-            return private.sql(kept_sql).to_arrow_table().column(0).combine_chunks()
-
+        keep = _batch_filter(f"SELECT coalesce({where}, false) FROM "
+                             f"({_fields_sql('SELECT * FROM _batch', header, columns, delimiter)})")  # fmt: skip
     stream = LineStream(path, lambda message: _raise_file_error(path, delimiter, message), where=keep)
     con.register(f"{table}_lines", stream.reader())
     con.execute(
@@ -201,6 +193,36 @@ def stream_table(
         f"{_fields_sql('SELECT * FROM ' + ident(table + '_lines'), header, columns, delimiter)}"
     )
     return stream
+
+
+def stream_records(
+    con: duckdb.DuckDBPyConnection, table: str, path: str, *, delimiter: str, skip_lines: int, where: str | None = None
+) -> LineStream:
+    """View ``table(seq, data_row, line, f)``: :func:`load_records`' rows, streamed from the file while a query scans
+    the view (once), with ``seq`` 0, 1, 2, ... over the rows ``where`` (SQL over ``f``) keeps. A file that is not
+    clean UTF-8 fails the scan with the Python reader's :class:`SourceError` (the stream's ``error``)."""
+    split = f"SELECT *, string_split(text, {literal(delimiter)}) AS f FROM {{}}"
+    keep = _batch_filter(f"SELECT coalesce({where}, false) FROM ({split.format('_batch')})") if where else None
+    stream = LineStream(
+        path, lambda message: _raise_file_error(path, delimiter, message), where=keep, skip_lines=skip_lines
+    )
+    con.register(f"{table}_lines", stream.reader())
+    lines = ident(table + "_lines")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {ident(table)} AS SELECT * EXCLUDE (text) FROM ({split.format(lines)})")
+    return stream
+
+
+def _batch_filter(mask_sql: str) -> Callable[[pa.RecordBatch], pa.Array]:
+    """A stream's ``where``: ``mask_sql`` (one boolean column over the batch as ``_batch``) run on a connection of
+    its own, one batch at a time, in order, beside the query that scans the stream."""
+    private = duckdb.connect()
+    private.execute("SET threads = 1")
+
+    def keep(batch: pa.RecordBatch) -> pa.Array:
+        private.register("_batch", batch)
+        return private.sql(mask_sql).to_arrow_table().column(0).combine_chunks()
+
+    return keep
 
 
 def _fields_sql(lines: str, header: Sequence[str], columns: Sequence[str], delimiter: str) -> str:
@@ -240,7 +262,7 @@ def load_records(
             CREATE OR REPLACE {"TEMP " if temporary else ""}TABLE {ident(table)} AS
             SELECT * FROM (
             WITH physical AS (
-                SELECT text, row_number() OVER () AS line FROM ({_lines_sql(path, table, parallel=False)})
+                SELECT text, row_number() OVER () AS line FROM ({lines_sql(path, table, parallel=False)})
             )
             SELECT row_number() OVER () AS data_row, line, string_split(text, {literal(delimiter)}) AS f
             FROM physical WHERE line > {int(skip_lines)} AND text IS NOT NULL

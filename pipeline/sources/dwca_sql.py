@@ -8,6 +8,12 @@ taxon index, so the query carries narrow rows. Row for row the same values and e
 test holds the two together on hostile archives), which stays for quoted or other-encoded archives,
 associatedMedia cores, and any file DuckDB cannot read cleanly (its error names the line).
 
+Memory: the media file, the larger one (a GBIF download of Plantae has tens of millions of media rows), is never
+held: its records are streamed into the query (:func:`duck_text.stream_records`), numbered as a loaded table
+would be, and are each join's probe side. What the query must know of the media up front (the core ids they name,
+their licenses) comes from one read of the file on all threads that keeps only those distinct values. The core is
+a table (one row per occurrence); DuckDB spills it past the recipe's ``duckdb.memory_limit``.
+
 Members of a zip or tar are copied to the spill space first (DuckDB reads files, not archive members); an
 unpacked archive is read in place.
 """
@@ -15,11 +21,12 @@ unpacked archive is read in place.
 from __future__ import annotations
 
 import codecs
+import functools
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +41,7 @@ from pipeline.sources import duck_rules, duck_text
 from pipeline.sources.base import RANK_LEVELS, CrawlContext
 from pipeline.sources.chunks import in_partition_sql
 from pipeline.sources.dwca_meta import Archive, FileSpec, no_media_rows, repeated_core_id, short_core_row
+from pipeline.sources.line_stream import LineStream
 
 log = logging.getLogger(__name__)
 
@@ -65,40 +73,41 @@ def read_batches(
     work = tempfile.mkdtemp(prefix="dwca-", dir=duck.spill_directory(ctx.duckdb, create=True))
     con = duck.connect(ctx.duckdb, *([] if archive.zip or archive.tar else [str(archive.path)]))
     try:
-        files = {"core_rows": (core, _local_copy(archive, core.location, work)),
-                 "media_rows": (media, _local_copy(archive, media.location, work))}  # fmt: skip
-        # Each file is one ordered, single-threaded scan: the two are read at once, on cursors of their own.
+        core_path = _local_copy(archive, core.location, work)
+        media_path = _local_copy(archive, media.location, work)
+        # The core is read numbered (one ordered, single-threaded scan) while the media file is scanned on the
+        # other threads for what the query needs to know of it up front; its rows are streamed into the query.
         with ThreadPoolExecutor(2, thread_name_prefix="dwca-read") as pool:
             complaints = {
-                table: pool.submit(_load_rows, con, table, path, spec, partition)
-                for table, (spec, path) in files.items()
+                core.location: pool.submit(_load_rows, con, "core_rows", core_path, core, partition),
+                media.location: pool.submit(_scan_media, con, media_path, media, media_terms, partition),
             }
-        for table, complaint in complaints.items():
+        for location, complaint in complaints.items():
             if complaint.result():
-                location = files[table][0].location
                 log.info("%s: %s; read in Python instead", archive.label(location), complaint.result())
                 con.close()
                 shutil.rmtree(work, ignore_errors=True)  # the copies of a packed archive's files go too
                 return None
         _create_core(con, archive, core, occurrence_terms)
-        _create_media(con, archive, media, media_terms, None if partition is None else work)
-        con.execute("DROP TABLE core_rows; DROP TABLE media_rows")  # the split lines: read into core and media
-        without = con.sql("SELECT count(*) FROM core ANTI JOIN (SELECT DISTINCT core_id FROM media) USING (core_id)")
+        con.execute("DROP TABLE core_rows")  # the split lines: read into core
+        without = con.sql("SELECT count(*) FROM core ANTI JOIN media_ids USING (core_id)")
         without_media = without.fetchall()[0][0]
         if without_media:
             log.info("%s: %d occurrence(s) have no multimedia row", archive.label(core.location), without_media)
         duck_rules.register_udfs(con, ctx.allowed_schemes)
+        stream = _create_media(con, media_path, media, media_terms, partition)
         _create_joined(con)
         con.execute("DROP TABLE core")  # its columns the rules read are in occurrence now
         per_taxon = _create_taxon_columns(con, ctx.caption_style)
         # Every raw license a row can have (its media row's, else its occurrence's), and maybe a few more.
         duck_rules.create_license_table(
-            con,
-            "licenses",
-            f"SELECT {duck_text.ident('license')} FROM media UNION ALL SELECT occurrence_license FROM occurrence",
+            con, "licenses", "SELECT license FROM media_licenses UNION ALL SELECT occurrence_license FROM occurrence"
         )
+        # The media rows, streamed, are each join's probe side, so rows come out in about their order.
+        con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
         query = _candidates_sql(config, ctx, archive.label(media.location), core.location, media.max_index)
-        return _batches(con, query, batch_rows, work, per_taxon)
+        empty = functools.partial(_raise_if_no_records, con, archive, media, None if partition is None else work)
+        return _batches(con, query, batch_rows, work, per_taxon, stream, empty)
     except BaseException:
         con.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -106,17 +115,28 @@ def read_batches(
 
 
 def _batches(
-    con: duckdb.DuckDBPyConnection, query: str, batch_rows: int, work: str, per_taxon: pa.Table
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    batch_rows: int,
+    work: str,
+    per_taxon: pa.Table,
+    stream: LineStream,
+    empty: Callable[[], None],
 ) -> Iterator[pa.RecordBatch]:
     """The query's rows with the taxon-level columns taken from ``per_taxon``; a row with an original text keeps
-    the variants the query made (the taxon's plus ``original``)."""
+    the variants the query made (the taxon's plus ``original``). ``empty()`` runs if no row came."""
     variants = CANDIDATE_SCHEMA.get_field_index("caption_variants")
+    rows = 0
     try:
-        for batch in duck.in_row_order(con.sql(query).to_arrow_reader(batch_rows), "seq", batch_rows):
-            columns = duck_rules.with_taxon_columns(batch, per_taxon).columns
-            columns[variants] = pc.if_else(batch.column("has_original"), batch.column("original_variants"),
-                                           columns[variants])  # fmt: skip
-            yield pa.RecordBatch.from_arrays(columns, schema=CANDIDATE_SCHEMA)
+        with stream.errors_raised():
+            for batch in duck.in_row_order(con.sql(query).to_arrow_reader(batch_rows), "seq", batch_rows):
+                columns = duck_rules.with_taxon_columns(batch, per_taxon).columns
+                columns[variants] = pc.if_else(batch.column("has_original"), batch.column("original_variants"),
+                                               columns[variants])  # fmt: skip
+                rows += batch.num_rows
+                yield pa.RecordBatch.from_arrays(columns, schema=CANDIDATE_SCHEMA)
+        if not rows:
+            empty()
     finally:
         con.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -192,27 +212,76 @@ def _field_sql(index: int) -> str:
     return f"CASE WHEN len(f) > {index} THEN f[{index + 1}] ELSE '' END"
 
 
-def _create_media(
-    con: duckdb.DuckDBPyConnection,
-    archive: Archive,
-    media: FileSpec,
-    terms: dict[str, tuple[str, ...]],
-    partition_work: str | None = None,
-) -> None:
-    """``media``: one row per media record (of a partition: ``media_rows`` was loaded with one, ``partition_work``
-    then its scratch folder); a media file without data rows raises."""
-    values = ", ".join(
+def _media_values_sql(media: FileSpec, terms: dict[str, tuple[str, ...]]) -> str:
+    """The media terms by name over the split fields ``f`` (each the first of its URIs that has a value)."""
+    return ", ".join(
         f"coalesce({', '.join(_value_sql(media, uri) for uri in uris)}) AS {duck_text.ident(name)}"
         for name, uris in terms.items()
     )
+
+
+def _scan_media(
+    con: duckdb.DuckDBPyConnection,
+    path: str,
+    media: FileSpec,
+    terms: dict[str, tuple[str, ...]],
+    partition: tuple[int, int] | None,
+) -> str | None:
+    """Tables ``media_ids`` (the core ids media rows name) and ``media_licenses`` (their licenses) from one read of
+    the media file on all threads, unnumbered, on a cursor of its own; DuckDB's complaint if it cannot read the
+    file cleanly. The header lines are read too: at most a name or two more in each table, which change no row."""
+    share = in_partition_sql(_field_sql(media.id_index), *partition) if partition else "true"
+    lines = duck_text.lines_sql(path, "media_scan", parallel=True)
+    records = f"SELECT string_split(text, {literal(media.delimiter)}) AS f FROM ({lines}) WHERE text IS NOT NULL"
+    license = f"coalesce({', '.join(_value_sql(media, uri) for uri in terms['license'])})"
+    cursor = con.cursor()
+    try:
+        cursor.execute(
+            f"""
+            CREATE OR REPLACE TABLE media_scan AS
+            SELECT GROUPING(core_id) AS of_license, core_id, license
+            FROM (SELECT {_field_sql(media.id_index)} AS core_id, {license} AS license FROM ({records}) WHERE {share})
+            GROUP BY GROUPING SETS ((core_id), (license));
+            CREATE OR REPLACE TABLE media_ids AS SELECT core_id FROM media_scan WHERE of_license = 0;
+            CREATE OR REPLACE TABLE media_licenses AS SELECT license FROM media_scan WHERE of_license = 1;
+            DROP TABLE media_scan
+            """
+        )
+        found = cursor.sql("SELECT line, error_type FROM media_scan_rejects ORDER BY line LIMIT 1").fetchall()
+    except duckdb.Error as exc:
+        return str(exc).splitlines()[0]
+    finally:
+        cursor.close()
+    return f"line {found[0][0]}: {found[0][1]}" if found else None
+
+
+def _create_media(
+    con: duckdb.DuckDBPyConnection,
+    path: str,
+    media: FileSpec,
+    terms: dict[str, tuple[str, ...]],
+    partition: tuple[int, int] | None,
+) -> LineStream:
+    """View ``media``: one row per media record (of hash ``partition`` of its core id, if given), streamed from the
+    file while the query scans it, with ``seq`` its place among them."""
+    share = in_partition_sql(_field_sql(media.id_index), *partition) if partition else None
+    stream = duck_text.stream_records(
+        con, "media_rows", path, delimiter=media.delimiter, skip_lines=media.skip_lines, where=share
+    )
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE media AS
-            SELECT data_row, line, len(f) AS fields,
-                   {_field_sql(media.id_index)} AS core_id, {values}
+        f"""CREATE OR REPLACE TEMP VIEW media AS
+            SELECT seq, data_row, line, len(f) AS fields,
+                   {_field_sql(media.id_index)} AS core_id, {_media_values_sql(media, terms)}
             FROM media_rows"""
     )
-    empty = con.sql("SELECT count(*) FROM media").fetchall()[0][0] == 0
-    if empty and (partition_work is None or _no_records(con, archive, media, partition_work)):
+    return stream
+
+
+def _raise_if_no_records(
+    con: duckdb.DuckDBPyConnection, archive: Archive, media: FileSpec, partition_work: str | None
+) -> None:
+    """No media row came: raise, unless it was a partition's share and the whole file has records."""
+    if partition_work is None or _no_records(con, archive, media, partition_work):
         raise no_media_rows(archive.label(media.location), media)
 
 
@@ -246,7 +315,7 @@ def _create_joined(con: duckdb.DuckDBPyConnection) -> None:
                    c.kingdom AS kingdom, c.basisOfRecord, c.scientificName, c.vernacularName, c.taxonRank,
                    {", ".join(f"c.{q(rank)} AS {column}" for rank, column in rank_columns.items())},
                    {species} AS species
-            FROM core c SEMI JOIN media USING (core_id)
+            FROM core c SEMI JOIN media_ids USING (core_id)
         ), ranked AS (
             SELECT *, nullif({duck_rules.lower_sql("coalesce(taxonRank, '')")}, '') AS taxon_rank FROM base
         )
@@ -274,7 +343,7 @@ def _create_joined(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         f"""
         CREATE OR REPLACE TEMP VIEW joined AS
-        SELECT m.rowid AS seq, m.*, o.core_id AS found, o.* EXCLUDE (core_id),
+        SELECT m.*, o.core_id AS found, o.* EXCLUDE (core_id),
                {_or(q("license"), "occurrence_license")} AS license_raw,
                {_or(q("rightsHolder"), q("creator"), "occurrence_rights_holder")} AS rights_holder,
                {_or(q("access_uri"), q("identifier"))} AS url_raw,
