@@ -38,7 +38,7 @@ from pipeline.core import duck
 from pipeline.core.duck import literal
 from pipeline.core.schema import CANDIDATE_SCHEMA, TAXONOMY_RANKS
 from pipeline.sources import duck_rules, duck_text
-from pipeline.sources.base import RANK_LEVELS, CrawlContext
+from pipeline.sources.base import RANK_LEVELS, CrawlContext, SourceError
 from pipeline.sources.chunks import in_partition_sql
 from pipeline.sources.dwca_meta import Archive, FileSpec, no_media_rows, repeated_core_id, short_core_row
 from pipeline.sources.line_stream import LineStream
@@ -75,21 +75,19 @@ def read_batches(
     try:
         core_path = _local_copy(archive, core.location, work)
         media_path = _local_copy(archive, media.location, work)
-        # The core is read numbered (one ordered, single-threaded scan) while the media file is scanned on the
-        # other threads for what the query needs to know of it up front; its rows are streamed into the query.
-        with ThreadPoolExecutor(2, thread_name_prefix="dwca-read") as pool:
-            complaints = {
-                core.location: pool.submit(_load_rows, con, "core_rows", core_path, core, partition),
-                media.location: pool.submit(_scan_media, con, media_path, media, media_terms, partition),
-            }
+        # The core is streamed into its table while the media file is scanned on a cursor of its own for what the
+        # query needs to know of it up front; the media rows are streamed into the query later.
+        with ThreadPoolExecutor(1, thread_name_prefix="dwca-read") as pool:
+            media_scanned = pool.submit(_scan_media, con, media_path, media, media_terms, partition)
+            complaints = {core.location: _load_core(con, core_path, core, occurrence_terms, partition),
+                          media.location: media_scanned.result()}  # fmt: skip
         for location, complaint in complaints.items():
-            if complaint.result():
-                log.info("%s: %s; read in Python instead", archive.label(location), complaint.result())
+            if complaint:
+                log.info("%s: %s; read in Python instead", archive.label(location), complaint)
                 con.close()
                 shutil.rmtree(work, ignore_errors=True)  # the copies of a packed archive's files go too
                 return None
-        _create_core(con, archive, core, occurrence_terms)
-        con.execute("DROP TABLE core_rows")  # the split lines: read into core
+        _check_core(con, archive, core)
         without = con.sql("SELECT count(*) FROM core ANTI JOIN media_ids USING (core_id)")
         without_media = without.fetchall()[0][0]
         if without_media:
@@ -142,19 +140,33 @@ def _batches(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _load_rows(
-    con: duckdb.DuckDBPyConnection, table: str, path: str, spec: FileSpec, partition: tuple[int, int] | None
+def _load_core(
+    con: duckdb.DuckDBPyConnection,
+    path: str,
+    core: FileSpec,
+    terms: dict[str, str],
+    partition: tuple[int, int] | None,
 ) -> str | None:
-    """:func:`duck_text.load_records` of a file (of hash ``partition`` of its id only, if given) into ``table``,
-    seen by every cursor, on a cursor of its own; DuckDB's complaint if it cannot read the file cleanly."""
-    share = in_partition_sql(_field_sql(spec.id_index), *partition) if partition else None
-    cursor = con.cursor()
+    """``core``: one row per occurrence (of hash ``partition`` of its id only, if given), numbered, with its number
+    of fields and the terms by name, streamed from the file (which is never held whole); the reader's complaint
+    if the file is not clean UTF-8 text (the Python path then reads it, and names the line)."""
+    share = in_partition_sql(_field_sql(core.id_index), *partition) if partition else None
+    stream = duck_text.stream_records(
+        con, "core_rows", path, delimiter=core.delimiter, skip_lines=core.skip_lines, where=share
+    )
+    values = ", ".join(f"{_value_sql(core, uri)} AS {duck_text.ident(name)}" for name, uri in terms.items())
     try:
-        return duck_text.load_records(
-            cursor, table, path, delimiter=spec.delimiter, skip_lines=spec.skip_lines, where=share, temporary=False
-        )
+        with stream.errors_raised():
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE core AS SELECT data_row, line, len(f) AS fields, "
+                f"f[{core.id_index + 1}] AS core_id, {values} FROM core_rows"
+            )
+    except SourceError as exc:
+        return str(exc).splitlines()[0]
     finally:
-        cursor.close()
+        con.execute("DROP VIEW core_rows")
+        con.unregister("core_rows_lines")
+    return None
 
 
 def _local_copy(archive: Archive, member: str, work: str) -> str:
@@ -184,27 +196,23 @@ def _or(*exprs: str) -> str:
     return expr
 
 
-def _create_core(con: duckdb.DuckDBPyConnection, archive: Archive, core: FileSpec, terms: dict[str, str]) -> None:
-    """``core``: one row per occurrence, the terms by name; short rows and repeated ids raise as in Python."""
+def _check_core(con: duckdb.DuckDBPyConnection, archive: Archive, core: FileSpec) -> None:
+    """Short rows and repeated ids of ``core`` raise as in Python (the first of them in the file)."""
     label = archive.label(core.location)
     short = con.sql(
-        f"SELECT data_row, line, len(f) FROM core_rows WHERE len(f) <= {core.max_index} ORDER BY data_row LIMIT 1"
+        f"SELECT data_row, line, fields FROM core WHERE fields <= {core.max_index} ORDER BY data_row LIMIT 1"
     ).fetchall()
     if short:
         number, line, found = short[0]
         raise short_core_row(label, number, line, core, found)
-    values = ", ".join(f"{_value_sql(core, uri)} AS {duck_text.ident(name)}" for name, uri in terms.items())
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE core AS SELECT data_row, f[{core.id_index + 1}] AS core_id, {values} "
-        "FROM core_rows"
-    )
+    if con.sql("SELECT count(*) = count(DISTINCT core_id) FROM core").fetchall()[0][0]:
+        return
     repeat = con.sql(
-        "SELECT core_id, data_row, line FROM core JOIN core_rows USING (data_row) "
+        "SELECT core_id, data_row, line FROM core "
         "QUALIFY row_number() OVER (PARTITION BY core_id ORDER BY data_row) = 2 ORDER BY data_row LIMIT 1"
     ).fetchall()
-    if repeat:
-        core_id, number, line = repeat[0]
-        raise repeated_core_id(label, number, line, core, core_id)
+    core_id, number, line = repeat[0]
+    raise repeated_core_id(label, number, line, core, core_id)
 
 
 def _field_sql(index: int) -> str:

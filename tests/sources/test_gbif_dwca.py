@@ -207,6 +207,24 @@ def test_repeated_core_id_names_file_row_and_id(tmp_path, ctx):
         crawl(write_dwca(tmp_path / "dwca.zip", occurrence_txt=core + first_data_line + "\n"), ctx)
 
 
+def test_short_and_undecodable_core_rows_name_file_row_and_line(tmp_path, ctx):
+    """On both paths: the SQL one (the core streamed into a table) and the Python one (which the SQL path hands an
+    undecodable file to, so that the error names the line)."""
+    from pipeline.sources import gbif_dwca
+
+    core = zipfile.ZipFile(write_dwca(tmp_path / "ok.zip")).read("occurrence.txt").decode()
+    lines = core.splitlines(keepends=True)
+    short = "".join([*lines[:2], "\n", "1009\tPlantae\n", *lines[2:]])  # a blank line, then a short row
+    undecodable = (core + "1010\tPlant\xe6\n").encode("latin-1")
+    cases = {"short.zip": (short, r"row 2 \(line 4\): expected at least \d+ fields, found 2"),
+             "bad.zip": (undecodable, rf"line {len(lines) + 1}: bytes not valid UTF-8")}  # fmt: skip
+    for name, (text, error) in cases.items():
+        config = gbif_dwca.Config.from_dict({"path": str(write_dwca(tmp_path / name, occurrence_txt=text))})
+        for read in (gbif_dwca.read_batches, gbif_dwca.read):
+            with pytest.raises(SourceError, match=rf"{name}!occurrence.txt {error}"):
+                list(read(config, ctx))
+
+
 def test_the_core_is_looked_up_on_disk_one_media_batch_at_a_time(tmp_path, ctx, monkeypatch):
     """Batches of 2 media rows give the same rows as one batch; the core's database file is gone afterwards."""
     from pipeline.core.config import DuckDBConfig
