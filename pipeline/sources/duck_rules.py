@@ -24,6 +24,12 @@ from pipeline.sources import captions, licenses
 from pipeline.sources.base import check_url
 
 _ASCII_PRINTABLE = "'[ -~]*'"
+# What Python's str.strip() strips: every character str.isspace() holds for (a test checks them all).
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+    "\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_WHITESPACE = literal(WHITESPACE)
 _ASCII_CLEAN = "'(?:[!-~]+(?: [!-~]+)*)?'"  # printable ASCII words, one space apart: clean already
 _TAXONOMY_SQL = "STRUCT(" + ", ".join(f'"{rank}" VARCHAR' for rank in TAXONOMY_RANKS) + ")"
 _REPR_PLAIN = r"'[ -&(-\[\]-~]*'"  # printable ASCII without ' and \: repr() just adds single quotes
@@ -68,8 +74,11 @@ def repr_sql(expr: str) -> str:
 
 
 def strip_sql(expr: str) -> str:
-    """Python's ``value.strip()`` (DuckDB's trim strips spaces only; other whitespace goes to Python)."""
-    return _ascii_or_python(expr, f"trim({expr})", "py_strip")
+    """Python's ``value.strip()``: the value itself where neither end is whitespace (nearly always, and no pattern
+    match); else DuckDB's trim where it is printable ASCII (trim strips spaces only), else Python."""
+    ends = f"NOT contains({_WHITESPACE}, left({expr}, 1)) AND NOT contains({_WHITESPACE}, right({expr}, 1))"
+    stripped = _ascii_or_python(expr, f"trim({expr})", "py_strip")
+    return f"CASE WHEN {expr} = '' OR ({ends}) THEN {expr} ELSE {stripped} END"
 
 
 def clean_sql(expr: str) -> str:
@@ -79,8 +88,8 @@ def clean_sql(expr: str) -> str:
 
 
 def lower_sql(expr: str) -> str:
-    """Python's ``value.lower()``."""
-    return _ascii_or_python(expr, f"lower({expr})", "py_lower")
+    """Python's ``value.lower()``: DuckDB's where the value is ASCII (as many bytes as characters), else Python."""
+    return f"CASE WHEN strlen({expr}) = length({expr}) THEN lower({expr}) ELSE py_lower({expr}) END"
 
 
 def _ascii_or_python(expr: str, ascii_sql: str, udf: str) -> str:

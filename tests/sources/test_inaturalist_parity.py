@@ -120,7 +120,9 @@ def test_the_sql_rules_match_python_on_every_code_point():
     duck_rules.register_udfs(con, ("http", "https"))
     chars = [chr(c) for c in range(1, sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]
     spaced = [c for c in chars if c < "\x80" or c.isspace()]  # the others take clean's Python fallback anyway
-    texts = [f"{c}a{c}" for c in chars] + [f"A{c}" for c in chars] + [f"a {c}  b{c} " for c in spaced]
+    assert duck_rules.WHITESPACE == "".join(c for c in chars if c.isspace())
+    texts = [f"{c}a{c}" for c in chars] + [f"A{c}" for c in chars] + [f"{c}A" for c in chars]
+    texts += [f"a {c}  b{c} " for c in spaced] + ["", " ", "\u3000", "x"]
     con.register("t", __import__("pyarrow").table({"s": texts}))
     got = con.sql(
         f"SELECT {duck_rules.strip_sql('s')}, {duck_rules.lower_sql('s')}, {duck_rules.repr_sql('s')}, "
