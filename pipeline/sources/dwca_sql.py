@@ -77,6 +77,7 @@ def read_batches(
         media_path = _local_copy(archive, media.location, work)
         # The core is streamed into its table while the media file is scanned on a cursor of its own for what the
         # query needs to know of it up front; the media rows are streamed into the query later.
+        duck_rules.register_udfs(con, ctx.allowed_schemes)
         with ThreadPoolExecutor(1, thread_name_prefix="dwca-read") as pool:
             media_scanned = pool.submit(_scan_media, con, media_path, media, media_terms, partition)
             complaints = {core.location: _load_core(con, core_path, core, occurrence_terms, partition),
@@ -92,10 +93,8 @@ def read_batches(
         without_media = without.fetchall()[0][0]
         if without_media:
             log.info("%s: %d occurrence(s) have no multimedia row", archive.label(core.location), without_media)
-        duck_rules.register_udfs(con, ctx.allowed_schemes)
         stream = _create_media(con, media_path, media, media_terms, partition)
         _create_joined(con)
-        con.execute("DROP TABLE core")  # its columns the rules read are in occurrence now
         per_taxon = _create_taxon_columns(con, ctx.caption_style)
         # Every raw license a row can have (its media row's, else its occurrence's), and maybe a few more.
         duck_rules.create_license_table(
@@ -148,19 +147,18 @@ def _load_core(
     partition: tuple[int, int] | None,
 ) -> str | None:
     """``core``: one row per occurrence (of hash ``partition`` of its id only, if given), numbered, with its number
-    of fields and the terms by name, streamed from the file (which is never held whole); the reader's complaint
-    if the file is not clean UTF-8 text (the Python path then reads it, and names the line)."""
+    of fields and the columns the rules read of it (:func:`_occurrence_sql`), streamed from the file (which is
+    never held whole); the reader's complaint if the file is not clean UTF-8 text (the Python path then reads it,
+    and names the line)."""
     share = in_partition_sql(_field_sql(core.id_index), *partition) if partition else None
     stream = duck_text.stream_records(
         con, "core_rows", path, delimiter=core.delimiter, skip_lines=core.skip_lines, where=share
     )
     values = ", ".join(f"{_value_sql(core, uri)} AS {duck_text.ident(name)}" for name, uri in terms.items())
+    records = f"SELECT data_row, line, len(f) AS fields, f[{core.id_index + 1}] AS core_id, {values} FROM core_rows"
     try:
         with stream.errors_raised():
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE core AS SELECT data_row, line, len(f) AS fields, "
-                f"f[{core.id_index + 1}] AS core_id, {values} FROM core_rows"
-            )
+            con.execute(f"CREATE OR REPLACE TEMP TABLE core AS {_occurrence_sql(records)}")
     except SourceError as exc:
         return str(exc).splitlines()[0]
     finally:
@@ -304,48 +302,22 @@ def _create_joined(con: duckdb.DuckDBPyConnection) -> None:
     """``occurrence``: each occurrence with media, the columns the rules read and ``tix``, its index into ``taxa``
     (each distinct scientific name, common name and taxonomy once); ``joined``, a view: each media row with its
     occurrence's columns and ``seq``, its place in ``media`` (the query's threads hand rows back interleaved;
-    :func:`in_row_order` puts them back in file order without sorting the whole result)."""
+    :func:`in_row_order` puts them back in file order without sorting the whole result). ``core`` is dropped."""
     q = duck_text.ident
-    species = _or("c.species", "CASE WHEN coalesce(c.genus, '') <> '' AND coalesce(c.specificEpithet, '') <> '' "
-                  "THEN c.genus || ' ' || c.specificEpithet ELSE c.species END")  # fmt: skip
-    rank_columns = {rank: q(f"rank_{rank}") for rank in TAXONOMY_RANKS[:-1]}
-    known = {**rank_columns, "species": "species"}
-    taxonomy = "{" + ", ".join(f"'{rank}': nullif({column}, '')" for rank, column in known.items()) + "}"
-    nothing_known = " AND ".join(f"coalesce({column}, '') = ''" for column in known.values())
-    scientific = _or("CASE WHEN taxon_rank IS NULL OR taxon_rank = 'species' THEN species END", "scientificName",
-                     "species")  # fmt: skip
+    with_media = "(SELECT * FROM core SEMI JOIN media_ids USING (core_id))"
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE occurrence_taxon AS
-        WITH base AS (
-            SELECT c.core_id, c.gbifID, c.{q("references")} AS occurrence_references,
-                   c.{q("license")} AS occurrence_license, c.rightsHolder AS occurrence_rights_holder,
-                   c.kingdom AS kingdom, c.basisOfRecord, c.scientificName, c.vernacularName, c.taxonRank,
-                   {", ".join(f"c.{q(rank)} AS {column}" for rank, column in rank_columns.items())},
-                   {species} AS species
-            FROM core c SEMI JOIN media_ids USING (core_id)
-        ), ranked AS (
-            SELECT *, nullif({duck_rules.lower_sql("coalesce(taxonRank, '')")}, '') AS taxon_rank FROM base
-        )
-        SELECT core_id, gbifID, occurrence_references, occurrence_license, occurrence_rights_holder, kingdom,
-               basisOfRecord, taxon_rank, {scientific} AS scientific_name, nullif(vernacularName, '') AS common_name,
-               CASE WHEN NOT ({nothing_known}) THEN {taxonomy} END AS taxonomy
-        FROM ranked
-        """
-    )
-    con.execute(
-        """
         CREATE OR REPLACE TEMP TABLE taxa AS
         SELECT (row_number() OVER () - 1)::INTEGER AS tix, *
-        FROM (SELECT DISTINCT scientific_name, common_name, taxonomy FROM occurrence_taxon)
+        FROM (SELECT DISTINCT scientific_name, common_name, taxonomy FROM {with_media})
         """
     )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE occurrence AS
-        SELECT o.* EXCLUDE (scientific_name, common_name, taxonomy), t.tix
-        FROM occurrence_taxon o JOIN taxa t ON {_same_taxon("t", "o")};
-        DROP TABLE occurrence_taxon
+        SELECT o.* EXCLUDE (data_row, line, fields, scientific_name, common_name, taxonomy), t.tix
+        FROM {with_media} o JOIN taxa t ON {_same_taxon("t", "o")};
+        DROP TABLE core
         """
     )
     con.execute(
@@ -359,6 +331,38 @@ def _create_joined(con: duckdb.DuckDBPyConnection) -> None:
         FROM media m LEFT JOIN occurrence o ON o.core_id = m.core_id
         """
     )
+
+
+def _occurrence_sql(records: str) -> str:
+    """Per core row of ``records`` (its terms by name, and ``data_row, line, fields, core_id``): those four and the
+    columns the rules read: ``gbifID, occurrence_references, occurrence_license, occurrence_rights_holder, kingdom,
+    basisOfRecord, taxon_rank, scientific_name, common_name, taxonomy``."""
+    q = duck_text.ident
+    species = _or("c.species", "CASE WHEN coalesce(c.genus, '') <> '' AND coalesce(c.specificEpithet, '') <> '' "
+                  "THEN c.genus || ' ' || c.specificEpithet ELSE c.species END")  # fmt: skip
+    rank_columns = {rank: q(f"rank_{rank}") for rank in TAXONOMY_RANKS[:-1]}
+    known = {**rank_columns, "species": "species"}
+    taxonomy = "{" + ", ".join(f"'{rank}': nullif({column}, '')" for rank, column in known.items()) + "}"
+    nothing_known = " AND ".join(f"coalesce({column}, '') = ''" for column in known.values())
+    scientific = _or("CASE WHEN taxon_rank IS NULL OR taxon_rank = 'species' THEN species END", "scientificName",
+                     "species")  # fmt: skip
+    return f"""
+        WITH base AS (
+            SELECT c.data_row, c.line, c.fields, c.core_id, c.gbifID, c.{q("references")} AS occurrence_references,
+                   c.{q("license")} AS occurrence_license, c.rightsHolder AS occurrence_rights_holder,
+                   c.kingdom AS kingdom, c.basisOfRecord, c.scientificName, c.vernacularName, c.taxonRank,
+                   {", ".join(f"c.{q(rank)} AS {column}" for rank, column in rank_columns.items())},
+                   {species} AS species
+            FROM ({records}) c
+        ), ranked AS (
+            SELECT *, nullif({duck_rules.lower_sql("coalesce(taxonRank, '')")}, '') AS taxon_rank FROM base
+        )
+        SELECT data_row, line, fields, core_id, gbifID, occurrence_references, occurrence_license,
+               occurrence_rights_holder, kingdom, basisOfRecord, taxon_rank, {scientific} AS scientific_name,
+               nullif(vernacularName, '') AS common_name,
+               CASE WHEN NOT ({nothing_known}) THEN {taxonomy} END AS taxonomy
+        FROM ranked
+    """
 
 
 def _same_taxon(a: str, b: str) -> str:
