@@ -21,8 +21,10 @@ child process, so its peak RSS is its own; ``--memory-limit`` is the recipe's ``
 
 With ``--partitions K`` ours is the source option ``partitions: K``: K ``crawl_parts`` units run by ``--workers``
 processes, then the crawl stage joins them; its peak RSS is that of the largest process (one worker's).
-Last line: RESULT crawl ratio=<duckdb s / ours s at the largest size> rss_growth=<our peak RSS largest / smallest>
-rows_per_s=<ours at the largest size>
+Each size runs ``--repeat`` times (3), the two sides in alternation; a single run's times move by 5% or more
+between identical runs on a shared machine. Last line: RESULT crawl ratio=<median over the runs of duckdb s / ours
+s at the largest size> rss_growth=<our median peak RSS largest / smallest> rows_per_s=<ours at the largest size>
+ratios=<each run's>
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -311,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=["inaturalist", "gbif_dwca"], default="inaturalist")
     parser.add_argument("--partitions", type=int, default=1, help="ours: the source's partitions (crawl_parts units)")
     parser.add_argument("--workers", type=int, default=2, help="ours: processes running the partitions")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side at each size (medians reported)")
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -328,25 +332,38 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{photos} photos: export of {size:.0f} MiB written in {time.perf_counter() - start:.1f} s", flush=True
             )
-            bare = in_child("bare", args.format, export, work / f"bare-{photos}.parquet", args)
-            ours = in_child("ours", args.format, export, work / f"ours-{photos}", args)
-            results[photos] = (bare, ours)
-            print(f"  bare DuckDB: {bare['seconds']:.1f} s, {bare['rows']} accepted rows, "
-                  f"peak {bare['peak_rss_mb']:.0f} MB")  # fmt: skip
-            print(f"  ours       : {ours['seconds']:.1f} s, {ours['rows']} rows {ours['status']}, "
-                  f"peak {ours['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+            runs = []
+            for _ in range(args.repeat):  # the sides in alternation: a slow minute of the machine hits both
+                bare = in_child("bare", args.format, export, work / f"bare-{photos}.parquet", args)
+                ours = in_child("ours", args.format, export, work / f"ours-{photos}", args)
+                shutil.rmtree(work / f"ours-{photos}", ignore_errors=True)
+                runs.append((bare, ours))
+                print(f"  bare DuckDB: {bare['seconds']:.1f} s, {bare['rows']} accepted rows, "
+                      f"peak {bare['peak_rss_mb']:.0f} MB")  # fmt: skip
+                print(f"  ours       : {ours['seconds']:.1f} s, {ours['rows']} rows {ours['status']}, "
+                      f"peak {ours['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+            results[photos] = runs
             shutil.rmtree(export)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(result_line(results, args))
+
+
+def result_line(results: dict[int, list[tuple[dict, dict]]], args: argparse.Namespace) -> str:
+    """The RESULT line: medians over the runs at each size (each run's ratio is its own pair's)."""
     small, large = min(results), max(results)
-    bare, ours = results[large]
+    runs = results[large]
+    ratios = [bare["seconds"] / ours["seconds"] for bare, ours in runs]
+    ours_s = statistics.median(ours["seconds"] for _, ours in runs)
+    peak = statistics.median(ours["peak_rss_mb"] for _, ours in runs)
+    small_peak = statistics.median(ours["peak_rss_mb"] for _, ours in results[small])
     name = "crawl" if args.format == "inaturalist" else "crawl_gbif"
-    print(
-        f"RESULT {name} ratio={bare['seconds'] / ours['seconds']:.3f} "
-        f"rss_growth={ours['peak_rss_mb'] / results[small][1]['peak_rss_mb']:.2f} "
-        f"rows_per_s={ours['rows'] / ours['seconds']:.0f} photos={large} ours_s={ours['seconds']:.1f} "
-        f"duckdb_s={bare['seconds']:.1f} peak_mb={ours['peak_rss_mb']:.0f} small={small} "
-        f"memory_limit={args.memory_limit} format={args.format} partitions={args.partitions} workers={args.workers}"
+    return (
+        f"RESULT {name} ratio={statistics.median(ratios):.3f} rss_growth={peak / small_peak:.2f} "
+        f"rows_per_s={runs[0][1]['rows'] / ours_s:.0f} photos={large} ours_s={ours_s:.1f} "
+        f"duckdb_s={statistics.median(bare['seconds'] for bare, _ in runs):.1f} peak_mb={peak:.0f} small={small} "
+        f"runs={len(runs)} ratios={','.join(f'{r:.3f}' for r in ratios)} memory_limit={args.memory_limit} "
+        f"format={args.format} partitions={args.partitions} workers={args.workers}"
     )
 
 
