@@ -219,11 +219,13 @@ def _field_sql(index: int) -> str:
 
 
 def _media_values_sql(media: FileSpec, terms: dict[str, tuple[str, ...]]) -> str:
-    """The media terms by name over the split fields ``f`` (each the first of its URIs that has a value)."""
-    return ", ".join(
-        f"coalesce({', '.join(_value_sql(media, uri) for uri in uris)}) AS {duck_text.ident(name)}"
-        for name, uris in terms.items()
-    )
+    """The media terms by name over the split fields ``f``."""
+    return ", ".join(f"{_term_sql(media, uris)} AS {duck_text.ident(name)}" for name, uris in terms.items())
+
+
+def _term_sql(media: FileSpec, uris: tuple[str, ...]) -> str:
+    """A media term over the split fields ``f``: the first of its URIs that has a value."""
+    return f"coalesce({', '.join(_value_sql(media, uri) for uri in uris)})"
 
 
 def _scan_media(
@@ -239,7 +241,7 @@ def _scan_media(
     share = in_partition_sql(_field_sql(media.id_index), *partition) if partition else "true"
     lines = duck_text.lines_sql(path, "media_scan", parallel=True)
     records = f"SELECT string_split(text, {literal(media.delimiter)}) AS f FROM ({lines}) WHERE text IS NOT NULL"
-    license = f"coalesce({', '.join(_value_sql(media, uri) for uri in terms['license'])})"
+    license = _term_sql(media, terms["license"])
     cursor = con.cursor()
     try:
         cursor.execute(
