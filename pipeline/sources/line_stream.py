@@ -1,9 +1,11 @@
 """A text file's records as a stream of Arrow batches, numbered as :func:`duck_text.load_table` numbers them.
 
-The largest file of an export (iNaturalist's ``photos.csv``: hundreds of millions of lines) need not be held in a
-table: a DuckDB query scans these batches while they are read, so memory stays a few batches whatever the file's
-size. A line ends at ``\\n``, ``\\r\\n`` or a lone ``\\r`` (as DuckDB's reader ends it); a blank line counts as a
-line but is no record; the first record is the header. Each batch holds, per record after the header:
+The largest file of an export (iNaturalist's ``photos.csv``, a GBIF download's media and core: hundreds of millions
+of lines) need not be held in a table: a DuckDB query scans these batches while they are read, so memory stays a
+few batches whatever the file's size. A line ends at ``\\n``, ``\\r\\n`` or a lone ``\\r`` (as DuckDB's reader ends
+it); a byte order mark at the start is no part of the first line; a blank line counts as a line but is no record;
+the first record is the header (a Darwin Core Archive's file: its first ``ignoreHeaderLines`` lines are). Each
+batch holds, per record after the header:
 
 - ``seq``: 0, 1, 2, ... over the records handed on (those ``where`` keeps), for :func:`duck.in_row_order`;
 - ``data_row``: the record's 1-based number in the whole file; ``line``: its physical line; ``text``: the line.
