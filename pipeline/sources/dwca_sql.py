@@ -89,8 +89,10 @@ def read_batches(
                 shutil.rmtree(work, ignore_errors=True)  # the copies of a packed archive's files go too
                 return None
         _check_core(con, archive, core)
-        without = con.sql("SELECT count(*) FROM core ANTI JOIN media_ids USING (core_id)")
-        without_media = without.fetchall()[0][0]
+        # Occurrences no media row names give no candidate: they go (and are counted) once, here.
+        without_media = con.execute(
+            "DELETE FROM core WHERE NOT EXISTS (SELECT 1 FROM media_ids m WHERE m.core_id = core.core_id)"
+        ).fetchall()[0][0]
         if without_media:
             log.info("%s: %d occurrence(s) have no multimedia row", archive.label(core.location), without_media)
         stream = _create_media(con, media_path, media, media_terms, partition)
@@ -301,24 +303,24 @@ def _no_records(con: duckdb.DuckDBPyConnection, archive: Archive, spec: FileSpec
 
 
 def _create_joined(con: duckdb.DuckDBPyConnection) -> None:
-    """``occurrence``: each occurrence with media, the columns the rules read and ``tix``, its index into ``taxa``
-    (each distinct scientific name, common name and taxonomy once); ``joined``, a view: each media row with its
-    occurrence's columns and ``seq``, its place in ``media`` (the query's threads hand rows back interleaved;
-    :func:`in_row_order` puts them back in file order without sorting the whole result). ``core`` is dropped."""
+    """``occurrence``: each occurrence of ``core`` (those with media, by now), the columns the rules read and
+    ``tix``, its index into ``taxa`` (each distinct scientific name, common name and taxonomy once); ``joined``, a
+    view: each media row with its occurrence's columns and ``seq``, its place in ``media`` (the query's threads
+    hand rows back interleaved; :func:`in_row_order` puts them back in file order without sorting the whole
+    result). ``core`` is dropped."""
     q = duck_text.ident
-    with_media = "(SELECT * FROM core SEMI JOIN media_ids USING (core_id))"
     con.execute(
-        f"""
+        """
         CREATE OR REPLACE TEMP TABLE taxa AS
         SELECT (row_number() OVER () - 1)::INTEGER AS tix, *
-        FROM (SELECT DISTINCT scientific_name, common_name, taxonomy FROM {with_media})
+        FROM (SELECT DISTINCT scientific_name, common_name, taxonomy FROM core)
         """
     )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE occurrence AS
         SELECT o.* EXCLUDE (data_row, line, fields, scientific_name, common_name, taxonomy), t.tix
-        FROM {with_media} o JOIN taxa t ON {_same_taxon("t", "o")};
+        FROM core o JOIN taxa t ON {_same_taxon("t", "o")};
         DROP TABLE core
         """
     )

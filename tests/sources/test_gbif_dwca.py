@@ -225,6 +225,19 @@ def test_short_and_undecodable_core_rows_name_file_row_and_line(tmp_path, ctx):
                 list(read(config, ctx))
 
 
+def test_occurrences_without_media_are_counted_and_give_no_row(tmp_path, ctx, caplog):
+    from pipeline.sources import gbif_dwca
+
+    core = zipfile.ZipFile(write_dwca(tmp_path / "ok.zip")).read("occurrence.txt").decode()
+    lonely = core.splitlines()[1].split("\t")
+    extra = "".join("\t".join([f"{9000 + i}", *lonely[1:]]) + "\n" for i in range(3))
+    config = gbif_dwca.Config.from_dict({"path": str(write_dwca(tmp_path / "more.zip", occurrence_txt=core + extra))})
+    with caplog.at_level("INFO", logger="pipeline.sources.dwca_sql"):
+        rows = [row for batch in gbif_dwca.read_batches(config, ctx) for row in batch.to_pylist()]
+    assert len(rows) == 6 and not any(row["source_record_id"].startswith("900") for row in rows)
+    assert "more.zip!occurrence.txt: 3 occurrence(s) have no multimedia row" in caplog.text
+
+
 def test_the_core_is_looked_up_on_disk_one_media_batch_at_a_time(tmp_path, ctx, monkeypatch):
     """Batches of 2 media rows give the same rows as one batch; the core's database file is gone afterwards."""
     from pipeline.core.config import DuckDBConfig
