@@ -152,7 +152,7 @@ def _load_core(
     of fields and the columns the rules read of it (:func:`_occurrence_sql`), streamed from the file (which is
     never held whole); the reader's complaint if the file is not clean UTF-8 text (the Python path then reads it,
     and names the line)."""
-    share = in_partition_sql(_field_sql(core.id_index), *partition) if partition else None
+    share = _share_sql(core, partition)
     stream = duck_text.stream_records(
         con, "core_rows", path, delimiter=core.delimiter, skip_lines=core.skip_lines, where=share
     )
@@ -215,6 +215,11 @@ def _check_core(con: duckdb.DuckDBPyConnection, archive: Archive, core: FileSpec
     raise repeated_core_id(label, number, line, core, core_id)
 
 
+def _share_sql(spec: FileSpec, partition: tuple[int, int] | None) -> str | None:
+    """SQL over the split fields ``f``: the record's id is in hash ``partition`` ``(k, n)``; None for no partition."""
+    return in_partition_sql(_field_sql(spec.id_index), *partition) if partition else None
+
+
 def _field_sql(index: int) -> str:
     """Field ``index`` (0-based) of the split record ``f``, '' when the record is shorter."""
     return f"CASE WHEN len(f) > {index} THEN f[{index + 1}] ELSE '' END"
@@ -240,7 +245,7 @@ def _scan_media(
     """Tables ``media_ids`` (the core ids media rows name) and ``media_licenses`` (their licenses) from one read of
     the media file on all threads, unnumbered, on a cursor of its own; DuckDB's complaint if it cannot read the
     file cleanly. The header lines are read too: at most a name or two more in each table, which change no row."""
-    share = in_partition_sql(_field_sql(media.id_index), *partition) if partition else "true"
+    share = _share_sql(media, partition) or "true"
     lines = duck_text.lines_sql(path, "media_scan", parallel=True)
     records = f"SELECT string_split(text, {literal(media.delimiter)}) AS f FROM ({lines}) WHERE text IS NOT NULL"
     license = _term_sql(media, terms["license"])
@@ -274,7 +279,7 @@ def _create_media(
 ) -> LineStream:
     """View ``media``: one row per media record (of hash ``partition`` of its core id, if given), streamed from the
     file while the query scans it, with ``seq`` its place among them."""
-    share = in_partition_sql(_field_sql(media.id_index), *partition) if partition else None
+    share = _share_sql(media, partition)
     stream = duck_text.stream_records(
         con, "media_rows", path, delimiter=media.delimiter, skip_lines=media.skip_lines, where=share
     )
